@@ -1,0 +1,59 @@
+"""CBAM attention (Woo et al. 2018) as used by the paper, returning the attentive difference delta_f."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+class ChannelAttention(nn.Module):
+    """Shared MLP over average- and max-pooled features, summed, then sigmoid: one weight per channel."""
+
+    def __init__(self, channels: int, reduction: int = 16):
+        super().__init__()
+        hidden = max(channels // reduction, 8)
+        self.mlp = nn.Sequential(
+            nn.Conv2d(channels, hidden, 1, bias=True),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(hidden, channels, 1, bias=True),
+        )
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        avg = self.mlp(f.mean(dim=(2, 3), keepdim=True))
+        mx = self.mlp(f.amax(dim=(2, 3), keepdim=True))
+        return torch.sigmoid(avg + mx)
+
+
+class SpatialAttention(nn.Module):
+    """7x7 convolution over the channel-wise mean and max maps, then sigmoid: one weight per position."""
+
+    def __init__(self, kernel_size: int = 7):
+        super().__init__()
+        self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=True)
+
+    def forward(self, f: torch.Tensor) -> torch.Tensor:
+        pooled = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
+        return torch.sigmoid(self.conv(pooled))
+
+
+class CBAM(nn.Module):
+    """Channel then spatial attention; ``forward`` returns (f_hat, delta_f = f_hat - f).
+
+    ``identity_init`` zeroes the last layer of each branch and gives it a large positive bias, so the module
+    starts as (almost) the identity. That is what lets a student initialised from a pretrained target keep the
+    target's accuracy on its first step instead of having its features halved by sigmoid(0) = 0.5.
+    """
+
+    def __init__(self, channels: int, reduction: int = 16, kernel_size: int = 7, identity_init: bool = False):
+        super().__init__()
+        self.channel = ChannelAttention(channels, reduction)
+        self.spatial = SpatialAttention(kernel_size)
+        if identity_init:
+            for last in (self.channel.mlp[-1], self.spatial.conv):
+                nn.init.zeros_(last.weight)
+                nn.init.constant_(last.bias, 5.0 if last is self.spatial.conv else 2.5)
+
+    def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        f_hat = f * self.channel(f)
+        f_hat = f_hat * self.spatial(f_hat)
+        return f_hat, f_hat - f

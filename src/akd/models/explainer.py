@@ -1,0 +1,51 @@
+"""The explanation network E: attentive differences at strides 32, 16, 8 -> saliency map in [0, 1]."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
+        nn.BatchNorm2d(out_channels),
+        nn.ReLU(inplace=True),
+    )
+
+
+class UpsampleBlock(nn.Module):
+    """Fuse the coarser map (upsampled x2 to this scale) with this scale's attentive difference."""
+
+    def __init__(self, coarse_channels: int, skip_channels: int, out_channels: int):
+        super().__init__()
+        self.skip = _conv_bn_relu(skip_channels, out_channels, 1)
+        self.fuse = _conv_bn_relu(coarse_channels + out_channels, out_channels)
+
+    def forward(self, coarse: torch.Tensor | None, skip: torch.Tensor) -> torch.Tensor:
+        skip = self.skip(skip)
+        if coarse is not None:
+            coarse = F.interpolate(coarse, size=skip.shape[-2:], mode="bilinear", align_corners=False)
+            skip = torch.cat([coarse, skip], dim=1)
+        return self.fuse(skip)
+
+
+class Explainer(nn.Module):
+    """Three upsample blocks from stride 32 to 8, then a 1-channel sigmoid head resized to the input."""
+
+    def __init__(self, tap_channels: list[int], width: int = 128):
+        super().__init__()
+        c8, c16, c32 = tap_channels
+        self.block32 = UpsampleBlock(0, c32, width)
+        self.block16 = UpsampleBlock(width, c16, width)
+        self.block8 = UpsampleBlock(width, c8, width // 2)
+        self.head = nn.Conv2d(width // 2, 1, 3, padding=1)
+
+    def forward(self, deltas: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+        d8, d16, d32 = deltas
+        x = self.block32(None, d32)
+        x = self.block16(x, d16)
+        x = self.block8(x, d8)
+        x = F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(x)

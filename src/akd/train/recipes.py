@@ -1,0 +1,90 @@
+"""Training recipes: YAML (or TOML) files shipped in ``akd/train/recipes`` or given by path; flags override."""
+
+from __future__ import annotations
+
+import copy
+import sys
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from akd.util import AkdError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+STAGES = ("student", "explainer", "joint")
+REQUIRED = ("alpha", "temperature", "sparsity", "destruction", "momentum", "nesterov", "weight_decay",
+            "batch_size", "freeze_bn", "pretrained_lr_scale", "stages")
+DEFAULT_RECIPE = "paper-imagenet"
+
+
+def builtin_recipes() -> list[str]:
+    return sorted(p.name.removesuffix(".yaml") for p in resources.files("akd.train").joinpath("recipes").iterdir()
+                  if p.name.endswith(".yaml"))
+
+
+def load_recipe(name_or_path: str | None) -> dict[str, Any]:
+    """A built-in recipe by name, or a .yaml/.yml/.toml file; validated so typos fail before training."""
+    name_or_path = name_or_path or DEFAULT_RECIPE
+    if name_or_path in builtin_recipes():
+        text = resources.files("akd.train").joinpath(f"recipes/{name_or_path}.yaml").read_text()
+        recipe = yaml.safe_load(text)
+    else:
+        path = Path(name_or_path)
+        if not path.is_file():
+            raise AkdError(f"{name_or_path}: recipe not found (built-in recipes: {', '.join(builtin_recipes())})")
+        try:
+            recipe = tomllib.loads(path.read_text()) if path.suffix == ".toml" else yaml.safe_load(path.read_text())
+        except (yaml.YAMLError, tomllib.TOMLDecodeError) as exc:
+            raise AkdError(f"{path}: malformed recipe ({exc})") from None
+    return validate_recipe(recipe, str(name_or_path))
+
+
+def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
+    if not isinstance(recipe, dict):
+        raise AkdError(f"{source}: a recipe must be a mapping")
+    missing = [key for key in REQUIRED if key not in recipe]
+    if missing:
+        raise AkdError(f"{source}: recipe misses {', '.join(missing)}")
+    for stage, spec in recipe["stages"].items():
+        if stage not in STAGES:
+            raise AkdError(f"{source}: unknown stage '{stage}' (stages: {', '.join(STAGES)})")
+        for key in ("epochs", "lr"):
+            if key not in spec:
+                raise AkdError(f"{source}: stage '{stage}' needs '{key}'")
+    return recipe
+
+
+def apply_overrides(recipe: dict[str, Any], overrides: list[str], epochs: int | None = None,
+                    batch_size: int | None = None) -> dict[str, Any]:
+    """``key=value`` overrides (dotted keys reach into stages, values parsed as YAML), then the flags."""
+    recipe = copy.deepcopy(recipe)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise AkdError(f"--set expects KEY=VALUE, got '{item}'")
+        target, parts = recipe, key.split(".")
+        for part in parts[:-1]:
+            if not isinstance(target.get(part), dict):
+                raise AkdError(f"--set {key}: '{part}' is not a section of the recipe")
+            target = target[part]
+        if parts[-1] not in target:
+            raise AkdError(f"--set {key}: unknown recipe key")
+        target[parts[-1]] = yaml.safe_load(raw)
+    if epochs is not None:
+        for spec in recipe["stages"].values():
+            spec["epochs"] = epochs
+    if batch_size is not None:
+        recipe["batch_size"] = batch_size
+    return validate_recipe(recipe, "overridden recipe")
+
+
+def learning_rate(stage_spec: dict[str, Any], epoch: int) -> float:
+    """Step schedule: lr * gamma ** (number of milestones already passed)."""
+    passed = sum(1 for milestone in stage_spec.get("milestones", []) if epoch >= milestone)
+    return stage_spec["lr"] * stage_spec.get("gamma", 0.1) ** passed

@@ -1,0 +1,75 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from akd.train import losses
+
+
+def _kl(p, q):
+    return sum(pi * math.log(pi / qi) for pi, qi in zip(p, q, strict=True))
+
+
+def test_kd_loss_temperature_and_direction_match_hand_computation():
+    zs = torch.tensor([[1.0, 0.0, -1.0]])
+    zt = torch.tensor([[0.0, 2.0, 0.0]])
+    t = 2.0
+    ps = torch.softmax(zs / t, 1)[0].tolist()
+    pt = torch.softmax(zt / t, 1)[0].tolist()
+    expected = t * t * _kl(pt, ps)  # KL(teacher || student), scaled by t^2
+    got = losses.kd_loss(zs, zt, None, alpha=0.5, temperature=t)
+    assert got.item() == pytest.approx(expected, rel=1e-5)
+    assert got.item() != pytest.approx(t * t * _kl(ps, pt), rel=1e-3)  # not the reverse direction
+
+
+def test_kd_loss_alpha_mixes_soft_and_hard_terms():
+    zs = torch.tensor([[0.5, 1.5, -0.5], [2.0, 0.0, 0.0]])
+    zt = torch.tensor([[0.0, 1.0, 0.0], [1.0, 1.0, -1.0]])
+    labels = torch.tensor([1, 0])
+    kl = sum(_kl(torch.softmax(zt, 1)[i].tolist(), torch.softmax(zs, 1)[i].tolist()) for i in range(2)) / 2
+    ce = F.cross_entropy(zs, labels).item()
+    got = losses.kd_loss(zs, zt, labels, alpha=0.3, temperature=1.0)
+    assert got.item() == pytest.approx(0.3 * kl + 0.7 * ce, rel=1e-5)
+
+
+def test_kd_loss_is_soft_only_without_labels_and_ignores_unknown_labels():
+    zs, zt = torch.randn(4, 5), torch.randn(4, 5)
+    soft = losses.kd_loss(zs, zt, torch.full((4,), -1), alpha=0.5, temperature=1.0)
+    assert soft.item() == pytest.approx(losses.kd_loss(zs, zt, None, alpha=0.5).item())
+    assert soft.item() == pytest.approx(F.kl_div(F.log_softmax(zs, 1), F.softmax(zt, 1), reduction="batchmean").item(),
+                                        rel=1e-5)
+    mixed = losses.kd_loss(zs, zt, torch.tensor([2, -1, -1, -1]), alpha=0.5)
+    expected = 0.5 * soft.item() + 0.5 * F.cross_entropy(zs[:1], torch.tensor([2])).item()
+    assert mixed.item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_kd_loss_is_zero_when_student_matches_teacher_and_gradients_only_reach_student():
+    zt = torch.randn(3, 6, requires_grad=True)
+    zs = zt.detach().clone().requires_grad_(True)
+    loss = losses.kd_loss(zs, zt, None)
+    assert loss.item() == pytest.approx(0.0, abs=1e-6)
+    losses.kd_loss(zs + 1e-2 * torch.randn(3, 6), zt, None).backward()
+    assert zt.grad is None and zs.grad is not None
+
+
+def test_explanation_loss_kl_direction():
+    judged = torch.tensor([[0.0, 1.0]])
+    target = torch.tensor([[2.0, 0.0]])
+    expected = _kl(torch.softmax(target, 1)[0].tolist(), torch.softmax(judged, 1)[0].tolist())
+    assert losses.explanation_loss(judged, target).item() == pytest.approx(expected, rel=1e-5)
+
+
+def test_sparsity_and_paper_lambda_conversion():
+    saliency = torch.tensor([[[[0.0, 1.0], [0.5, 0.5]]]])
+    assert losses.sparsity_loss(saliency).item() == pytest.approx(0.5)
+    assert losses.paper_lambda_to_mean() == pytest.approx(0.50176)
+    # mean-normalised weight * mean == paper weight * sum, on a 224x224 map
+    h = torch.rand(1, 1, 224, 224)
+    assert (losses.paper_lambda_to_mean() * h.mean()).item() == pytest.approx((1e-5 * h.sum()).item(), rel=1e-5)
+
+
+def test_destruction_loss_is_probability_of_target_class():
+    judged = torch.tensor([[1.0, 0.0, 0.0]])
+    target = torch.tensor([[0.0, 5.0, 0.0]])
+    assert losses.destruction_loss(judged, target).item() == pytest.approx(torch.softmax(judged, 1)[0, 1].item())

@@ -1,0 +1,95 @@
+import torch
+
+from akd.models.cbam import CBAM
+from akd.models.students import AttentiveBlock, AttentiveStage, build_student
+from akd.models.surrogate import Surrogate
+
+
+def _config(student: str, classes: int = 10) -> dict:
+    return {"student": student, "classes": [f"c{i}" for i in range(classes)], "explainer_width": 32}
+
+
+def test_cbam_returns_attentive_difference():
+    torch.manual_seed(0)
+    cbam = CBAM(32)
+    f = torch.randn(2, 32, 8, 8)
+    f_hat, delta = cbam(f)
+    assert f_hat.shape == f.shape
+    torch.testing.assert_close(delta, f_hat - f)
+    # attention only scales features by weights in (0, 1): |f_hat| <= |f| everywhere
+    assert bool((f_hat.abs() <= f.abs() + 1e-6).all())
+
+
+def test_cbam_channel_attention_is_per_channel_and_spatial_is_per_position():
+    cbam = CBAM(16)
+    f = torch.randn(1, 16, 6, 6)
+    channel = cbam.channel(f)
+    spatial = cbam.spatial(f)
+    assert channel.shape == (1, 16, 1, 1) and spatial.shape == (1, 1, 6, 6)
+    assert bool(((channel > 0) & (channel < 1)).all()) and bool(((spatial > 0) & (spatial < 1)).all())
+    # spatial attention reacts to where the evidence is: a hot spot gets a different weight than the background
+    hot = torch.zeros(1, 16, 6, 6)
+    hot[..., 2, 3] = 10.0
+    weights = cbam.spatial(hot)[0, 0]
+    assert weights[2, 3] != weights[0, 0]
+
+
+def test_cbam_identity_init_keeps_features():
+    f = torch.randn(2, 24, 5, 5)
+    f_hat, delta = CBAM(24, identity_init=True)(f)
+    assert (delta.abs().max() / f.abs().max()) < 0.02
+    torch.testing.assert_close(f_hat, f, atol=0.05 * f.abs().max().item(), rtol=0)
+
+
+def test_resnet50_cbam_structure_matches_paper():
+    student = build_student("resnet50_cbam", 10)
+    network = student.network
+    assert not any(isinstance(m, AttentiveBlock) for m in network.layer1.modules())
+    for name, blocks in (("layer2", 4), ("layer3", 6), ("layer4", 3)):
+        layer = getattr(network, name)
+        assert len(layer) == blocks and all(isinstance(block, AttentiveBlock) for block in layer)
+    assert student.tap_channels == [512, 1024, 2048]
+    assert student._taps == [network.layer2[-1], network.layer3[-1], network.layer4[-1]]
+
+
+def test_surrogate_shapes_and_ranges_resnet18():
+    model = Surrogate(_config("resnet18_cbam")).eval()
+    images = torch.randn(3, 3, 64, 96)
+    with torch.no_grad():
+        saliency, logits = model(images)
+    assert saliency.shape == (3, 1, 64, 96) and logits.shape == (3, 10)
+    assert float(saliency.min()) >= 0 and float(saliency.max()) <= 1
+    assert model.student.tap_channels == [128, 256, 512]
+
+
+def test_resnet34_cbam_builds():
+    student = build_student("resnet34_cbam", 5)
+    logits, deltas = student(torch.randn(1, 3, 64, 64))
+    assert logits.shape == (1, 5)
+    assert [d.shape[1] for d in deltas] == [128, 256, 512]
+    assert [d.shape[-1] for d in deltas] == [8, 4, 2]
+
+
+def test_timm_student_taps_three_deepest_stages_and_keeps_target_weights():
+    import timm
+
+    target = timm.create_model("resnet10t", pretrained=False, num_classes=7).eval()
+    student = build_student("timm:resnet10t", 7, init_state=target.state_dict()).eval()
+    assert sum(isinstance(m, AttentiveStage) for m in student.modules()) == 3
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        logits, deltas = student(images)
+        expected = target(images)
+    assert [d.shape[-1] for d in deltas] == [8, 4, 2]
+    # near-identity attention: the student starts out predicting what the target predicts
+    assert torch.equal(logits.argmax(1), expected.argmax(1))
+    torch.testing.assert_close(logits, expected, atol=0.15 * expected.abs().max().item(), rtol=0)
+
+
+def test_unknown_student_is_a_clear_error():
+    import pytest
+
+    from akd.util import AkdError
+
+    with pytest.raises(AkdError, match="unknown student"):
+        build_student("vgg_cbam", 3)
