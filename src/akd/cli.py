@@ -106,7 +106,10 @@ def _run(prog: str, command: str, argv: list[str] | None) -> int:
     description, add_arguments, handler = COMMANDS[command]
     parser = OneLineParser(prog=prog, description=description)
     add_arguments(parser)
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exit_:  # --help or a usage error: report the code instead of leaving the interpreter
+        return int(exit_.code or 0)
     return _guarded(prog, handler, args)
 
 

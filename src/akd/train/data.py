@@ -24,7 +24,7 @@ log = logging.getLogger(__name__)
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 WNID_FILE = re.compile(r"^(n\d{8})_")
-AIRCRAFT_LEVELS = ("variant", "family", "manufacturer")
+AIRCRAFT_LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 
 
 @dataclass(frozen=True)
@@ -80,7 +80,7 @@ def aircraft_samples(root: Path, split: str, level: str) -> SampleSet:
     listing = root / f"images_{level}_{split}.txt"
     if not listing.is_file():
         raise AkdError(f"{listing}: FGVC-Aircraft split file not found")
-    classes = [line.strip() for line in (root / f"{level}s.txt").read_text().splitlines() if line.strip()]
+    classes = [line.strip() for line in (root / AIRCRAFT_LEVELS[level]).read_text().splitlines() if line.strip()]
     index = {name: i for i, name in enumerate(classes)}
     samples = [Sample(str(root / "images" / f"{image}.jpg"), index[name]) for image, name in _read_pairs(listing)]
     return SampleSet(samples, classes, f"fgvc-aircraft-{level}")
@@ -152,7 +152,7 @@ def discover(spec: str, split: str = "train", aircraft_level: str = "variant", v
         raise AkdError(f"{spec}: data folder not found")
     elif cub := _find_root(root, "image_class_labels.txt", ("CUB_200_2011",)):
         found = cub_samples(cub, split)
-    elif aircraft := _find_root(root, f"{aircraft_level}s.txt", ("data", "fgvc-aircraft-2013b/data")):
+    elif aircraft := _find_root(root, "variants.txt", ("data", "fgvc-aircraft-2013b/data")):
         found = aircraft_samples(aircraft, split, aircraft_level)
     elif cars := _find_root(root, "devkit/cars_meta.mat", ("stanford_cars",)):
         found = cars_samples(cars, split)

@@ -1,0 +1,81 @@
+import subprocess
+import sys
+
+import pytest
+
+from akd.cli import main, train_main
+from conftest import SIZE
+
+
+def _check_one_line_error(capsys, code, fragment):
+    assert code == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if ": error: " in line]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert fragment in errors[0], errors[0]
+
+
+def _base(target, data, out):
+    return ["--teacher", str(target), "--data", str(data), "--out", str(out), "--image-size", str(SIZE),
+            "--student", "resnet18_cbam", "--epochs", "1", "--no-progress"]
+
+
+def test_missing_data_folder(torchscript_target, tmp_path, capsys):
+    code = train_main(_base(torchscript_target, tmp_path / "nope", tmp_path / "o.safetensors"))
+    _check_one_line_error(capsys, code, "data folder not found")
+
+
+def test_empty_data_folder(torchscript_target, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    code = train_main(_base(torchscript_target, tmp_path / "empty", tmp_path / "o.safetensors"))
+    _check_one_line_error(capsys, code, "no readable images")
+
+
+def test_class_count_mismatch(torchscript_target, tmp_path, capsys):
+    from PIL import Image
+
+    for name in ("a", "b"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        Image.new("RGB", (8, 8)).save(tmp_path / "data" / name / "x.png")
+    code = train_main(_base(torchscript_target, tmp_path / "data", tmp_path / "o.safetensors"))
+    _check_one_line_error(capsys, code, "2 classes (imagefolder) but the target predicts 4")
+
+
+@pytest.mark.parametrize("extra,fragment", [
+    (["--epochs", "zero"], "expected a positive integer"),
+    (["--stages", "student,teacher"], "unknown stage"),
+    (["--student", "vgg_cbam"], "unknown student"),
+    (["--recipe", "nope.yaml"], "recipe not found"),
+    (["--set", "no_such_key=1"], "unknown recipe key"),
+    (["--mean", "0.5,0.5"], "three values"),
+])
+def test_bad_arguments(torchscript_target, imagefolder, tmp_path, capsys, extra, fragment):
+    code = train_main(_base(torchscript_target, imagefolder, tmp_path / "o.safetensors") + extra)
+    _check_one_line_error(capsys, code, fragment)
+
+
+def test_missing_required_argument_and_bad_output(torchscript_target, imagefolder, tmp_path, capsys):
+    code = train_main(["--data", str(imagefolder), "--out", "x.safetensors"])
+    _check_one_line_error(capsys, code, "the following arguments are required: --teacher")
+    code = train_main(_base(torchscript_target, imagefolder, tmp_path / "o.pt"))
+    _check_one_line_error(capsys, code, "must be a .safetensors file")
+
+
+def test_unknown_target_and_resume_mismatch(torchscript_target, imagefolder, tmp_path, capsys):
+    code = train_main(_base("no_such_model_xyz", imagefolder, tmp_path / "o.safetensors"))
+    _check_one_line_error(capsys, code, "unknown target")
+    out = tmp_path / "r.safetensors"
+    assert train_main(_base(torchscript_target, imagefolder, out)) == 0
+    capsys.readouterr()
+    code = train_main(_base(torchscript_target, imagefolder, out) + ["--stages", "joint", "--resume"])
+    _check_one_line_error(capsys, code, "cannot resume")
+    assert train_main(_base(torchscript_target, imagefolder, out) + ["--resume"]) == 0
+    assert "nothing to do" in capsys.readouterr().err
+
+
+def test_akd_train_and_akd_train_subcommand_are_the_same(capsys):
+    assert main(["--help"]) == 0
+    assert "train" in capsys.readouterr().out
+    assert main(["bogus"]) == 2
+    result = subprocess.run([sys.executable, "-m", "akd.cli", "train", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0 and "--teacher" in result.stdout and "--stages" in result.stdout

@@ -1,0 +1,163 @@
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from akd.models.surrogate import load_surrogate, read_checkpoint
+from akd.train.recipes import apply_overrides, load_recipe
+from akd.train.trainer import TrainOptions, Trainer, train
+from conftest import SIZE
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _options(target, data, out, stages, epochs, **overrides) -> TrainOptions:
+    from akd.models.teachers import Preprocessing
+
+    settings = [f"{k}={v}" for k, v in {"stages.student.lr": 0.01, "stages.joint.lr": 0.01,
+                                          "stages.explainer.lr": 0.01, "destruction": 0.5, **overrides}.items()]
+    recipe = apply_overrides(load_recipe("paper-imagenet"), settings, epochs=epochs, batch_size=8)
+    return TrainOptions(teacher=str(target), data=str(data), out=str(out), recipe=recipe, student="resnet18_cbam",
+                        stages=stages, teacher_preprocessing=Preprocessing(input_size=SIZE), progress=False)
+
+
+def _weights(path) -> dict[str, torch.Tensor]:
+    return dict(load_surrogate(path).state_dict())
+
+
+@pytest.mark.parametrize("stage", ["student", "explainer", "joint"])
+def test_loss_falls_on_a_fixed_batch(torchscript_target, stage):
+    from akd.models.surrogate import Surrogate
+    from akd.models.teachers import Preprocessing, load_teacher
+    from akd.train.trainer import DistillationStep, _param_groups, _set_trainable
+
+    torch.manual_seed(0)
+    teacher = load_teacher(str(torchscript_target), preprocessing=Preprocessing(input_size=SIZE))
+    surrogate = Surrogate({"student": "resnet18_cbam", "classes": list("abcd"), "explainer_width": 32})
+    recipe = load_recipe("paper-imagenet")
+    _set_trainable(surrogate, stage, freeze_bn=True)
+    step = DistillationStep(surrogate, teacher, recipe, stage)
+    params = [p for group in _param_groups(surrogate, stage, recipe, False) for p in group["params"]]
+    optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, nesterov=True)
+    images, labels = torch.randn(8, 3, SIZE, SIZE), torch.full((8,), -1)
+    history = []
+    for _ in range(25):
+        loss, _ = step(images, labels)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        history.append(loss.item())
+    assert history[-1] < 0.6 * history[0], history
+
+
+def test_explainer_stage_learns_and_checkpoint_is_self_describing(torchscript_target, imagefolder, tmp_path):
+    out = tmp_path / "e.safetensors"
+    metrics = train(_options(torchscript_target, imagefolder, out, ["student", "explainer"], epochs=2))
+    assert metrics["stage"] == "explainer" and 0 <= metrics["train_sparsity"] <= 1
+    _, header = read_checkpoint(out)
+    config = json.loads(header["config"])
+    assert config["student"] == "resnet18_cbam" and config["classes"] == [f"class_{i}" for i in range(4)]
+    assert config["input_size"] == [SIZE, SIZE] and len(config["target"]["sha256"]) == 64
+    assert config["preprocessing"]["mean"] == pytest.approx([0.485, 0.456, 0.406])
+    assert config["recipe"]["name"] == "paper-imagenet" and config["metrics"]["epoch"] == 2
+    model = load_surrogate(out)
+    saliency, logits = model(torch.randn(2, 3, SIZE, SIZE))
+    assert saliency.shape == (2, 1, SIZE, SIZE) and logits.shape == (2, 4)
+
+
+def test_checkpoint_header_has_no_pickle(torchscript_target, imagefolder, tmp_path):
+    out = tmp_path / "p.safetensors"
+    train(_options(torchscript_target, imagefolder, out, ["student"], epochs=1))
+    raw = out.read_bytes()
+    header_len = int.from_bytes(raw[:8], "little")
+    json.loads(raw[8:8 + header_len])  # the whole header is JSON
+    assert b"\x80\x04" not in raw[:8 + header_len]
+
+
+def test_resume_is_bit_identical(torchscript_target, imagefolder, tmp_path):
+    straight = tmp_path / "straight.safetensors"
+    train(_options(torchscript_target, imagefolder, straight, ["joint"], epochs=2))
+    resumed = tmp_path / "resumed.safetensors"
+    train(_options(torchscript_target, imagefolder, resumed, ["joint"], epochs=1))
+    options = _options(torchscript_target, imagefolder, resumed, ["joint"], epochs=2)
+    options.resume = True
+    train(options)
+    a, b = _weights(straight), _weights(resumed)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_interrupted_chained_run_resumes_exactly(torchscript_target, imagefolder, tmp_path, monkeypatch):
+    stages = ["student", "explainer"]
+    straight = tmp_path / "straight.safetensors"
+    train(_options(torchscript_target, imagefolder, straight, stages, epochs=2))
+
+    interrupted = tmp_path / "interrupted.safetensors"
+    original = Trainer._train_epoch
+    calls = []
+
+    def crash_on_third_epoch(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "_train_epoch", crash_on_third_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        train(_options(torchscript_target, imagefolder, interrupted, stages, epochs=2))
+    monkeypatch.setattr(Trainer, "_train_epoch", original)
+    _, header = read_checkpoint(interrupted)
+    assert json.loads(header["train_state"])["completed"] == {"student": 2}
+    options = _options(torchscript_target, imagefolder, interrupted, stages, epochs=2)
+    options.resume = True
+    train(options)
+    a, b = _weights(straight), _weights(interrupted)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_black_box_target_trains_with_student_as_judge(tmp_path, tiny_net, imagefolder):
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_net, torch.zeros(1, 3, SIZE, SIZE), str(path), input_names=["images"], dynamo=False)
+    out = tmp_path / "bb.safetensors"
+    metrics = train(_options(path, imagefolder, out, ["student", "explainer"], epochs=1))
+    assert metrics["train_images"] == 16
+    assert json.loads(read_checkpoint(out)[1]["config"])["target"]["kind"] == "onnx"
+
+
+def _run_cli(*args, env=None, cwd=None):
+    return subprocess.run([sys.executable, "-m", "akd.cli", *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=600)
+
+
+@pytest.mark.slow
+def test_ddp_two_processes_match_single_process(torchscript_target, imagefolder, tmp_path):
+    common = ["train", "--teacher", str(torchscript_target), "--data", str(imagefolder), "--student", "resnet18_cbam",
+              "--stages", "student", "--epochs", "2", "--batch-size", "8", "--image-size", str(SIZE),
+              "--set", "freeze_bn=true", "--set", "stages.student.lr=0.01", "--no-progress"]
+    single = tmp_path / "single.safetensors"
+    result = _run_cli(*common, "--out", str(single))
+    assert result.returncode == 0, result.stderr
+    double = tmp_path / "ddp.safetensors"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                             "--master_port", "29533", "-m", "akd.cli", *common, "--out", str(double)],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "world size 2" in result.stderr
+    a, b = _weights(single), _weights(double)
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=2e-5, rtol=1e-4, msg=key)
+    changed = any(not torch.equal(a[k], b0) for k, b0 in _weights_at_init(a).items())
+    assert changed
+
+
+def _weights_at_init(reference: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    from akd.models.surrogate import Surrogate
+
+    torch.manual_seed(0)
+    model = Surrogate({"student": "resnet18_cbam", "classes": ["a", "b", "c", "d"]})
+    return {k: v for k, v in model.state_dict().items() if k in reference and "attention" in k}
