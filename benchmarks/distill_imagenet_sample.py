@@ -44,8 +44,8 @@ def measure(checkpoint: Path, heldout: Path) -> dict[str, float]:
     teacher = load_teacher("efficientnet_lite0")
     surrogate = load_surrogate(checkpoint)
     found = discover(str(heldout), "test")
-    loader = torch.utils.data.DataLoader(DistillationDataset(found.samples, transforms_for(teacher.preprocessing, False)),
-                                         batch_size=32, collate_fn=collate)
+    dataset = DistillationDataset(found.samples, transforms_for(teacher.preprocessing, False))
+    loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate)
     agree = teacher_top1 = student_top1 = seen = saliency = 0.0
     for images, labels, _ in loader:
         teacher_pred = teacher(images).argmax(1)

@@ -4,6 +4,7 @@ import sys
 import pytest
 
 from akd.cli import main, train_main
+
 from conftest import SIZE
 
 

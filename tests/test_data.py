@@ -6,6 +6,7 @@ from PIL import Image
 from akd.models.teachers import Preprocessing
 from akd.train.data import DistillationDataset, Sample, collate, discover, shard_indices, transforms_for
 from akd.util import AkdError
+
 from conftest import IMAGENET_SAMPLE
 
 
@@ -114,7 +115,7 @@ def test_corrupt_files_are_skipped_and_counted(tmp_path):
     (tmp_path / "garbage.png").write_bytes(b"\x89PNG not really")
     (tmp_path / "broken.avi").write_bytes(b"not a video")
     found = discover(str(tmp_path))
-    assert [s.path.rsplit("/", 1)[1] for s in found.samples] == ["good.png"] and found.skipped == 2
+    assert [s.path.rsplit("/", 1)[1] for s in found.samples] == ["good.png"] and found.skipped == 3
 
 
 def test_image_that_fails_to_decode_is_dropped_from_batch(tmp_path):

@@ -3,6 +3,7 @@ import torch
 
 from akd.models.teachers import Preprocessing, load_teacher
 from akd.util import AkdError
+
 from conftest import IMAGENET_SAMPLE, MOBILENET_ONNX, SIZE
 
 

@@ -2,17 +2,15 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from akd.models.surrogate import load_surrogate, read_checkpoint
 from akd.train.recipes import apply_overrides, load_recipe
-from akd.train.trainer import TrainOptions, Trainer, train
-from conftest import SIZE
+from akd.train.trainer import Trainer, TrainOptions, train
 
-ROOT = Path(__file__).resolve().parents[1]
+from conftest import SIZE
 
 
 def _options(target, data, out, stages, epochs, **overrides) -> TrainOptions:

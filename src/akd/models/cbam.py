@@ -19,9 +19,11 @@ class ChannelAttention(nn.Module):
         )
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        avg = self.mlp(f.mean(dim=(2, 3), keepdim=True))
-        mx = self.mlp(f.amax(dim=(2, 3), keepdim=True))
-        return torch.sigmoid(avg + mx)
+        # Pooling and the gate run in fp32 even in a half-precision graph (no-ops in fp32): means over large maps
+        # and sigmoids near saturation are where fp16 loses the most.
+        avg = self.mlp(f.float().mean(dim=(2, 3), keepdim=True))
+        mx = self.mlp(f.amax(dim=(2, 3), keepdim=True).float())
+        return torch.sigmoid((avg + mx).float())
 
 
 class SpatialAttention(nn.Module):
@@ -32,8 +34,8 @@ class SpatialAttention(nn.Module):
         self.conv = nn.Conv2d(2, 1, kernel_size, padding=kernel_size // 2, bias=True)
 
     def forward(self, f: torch.Tensor) -> torch.Tensor:
-        pooled = torch.cat([f.mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True)], dim=1)
-        return torch.sigmoid(self.conv(pooled))
+        pooled = torch.cat([f.float().mean(dim=1, keepdim=True), f.amax(dim=1, keepdim=True).float()], dim=1)
+        return torch.sigmoid(self.conv(pooled).float())
 
 
 class CBAM(nn.Module):

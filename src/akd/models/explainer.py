@@ -7,10 +7,13 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def _conv_bn_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+def _conv_norm_relu(in_channels: int, out_channels: int, kernel_size: int = 3) -> nn.Sequential:
+    """GroupNorm, not BatchNorm: attentive differences of a near-identity CBAM are tiny (~1e-2 of the features), and
+    BatchNorm's running variance, starting at 1, takes hundreds of steps to get there - until then train-mode and
+    eval-mode saliency disagree wildly. GroupNorm behaves the same in training and inference."""
     return nn.Sequential(
         nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=False),
-        nn.BatchNorm2d(out_channels),
+        nn.GroupNorm(8, out_channels),
         nn.ReLU(inplace=True),
     )
 
@@ -20,8 +23,8 @@ class UpsampleBlock(nn.Module):
 
     def __init__(self, coarse_channels: int, skip_channels: int, out_channels: int):
         super().__init__()
-        self.skip = _conv_bn_relu(skip_channels, out_channels, 1)
-        self.fuse = _conv_bn_relu(coarse_channels + out_channels, out_channels)
+        self.skip = _conv_norm_relu(skip_channels, out_channels, 1)
+        self.fuse = _conv_norm_relu(coarse_channels + out_channels, out_channels)
 
     def forward(self, coarse: torch.Tensor | None, skip: torch.Tensor) -> torch.Tensor:
         skip = self.skip(skip)
@@ -47,5 +50,5 @@ class Explainer(nn.Module):
         x = self.block32(None, d32)
         x = self.block16(x, d16)
         x = self.block8(x, d8)
-        x = F.interpolate(self.head(x), size=size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(x)
+        x = F.interpolate(self.head(x).float(), size=size, mode="bilinear", align_corners=False)
+        return torch.sigmoid(x)  # fp32 even in a half-precision graph

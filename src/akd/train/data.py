@@ -133,10 +133,12 @@ def folder_samples(root: Path, video_stride: int) -> SampleSet:
         samples = [Sample(str(p), label) for label, d in enumerate(class_dirs)
                    for p in sorted(d.iterdir()) if p.is_file() and _is_image(p)]
         return SampleSet(samples, classes, "imagefolder")
-    samples = [Sample(str(p)) for p in images]
+    samples, unreadable_videos = [Sample(str(p)) for p in images], 0
     for video in (p for p in files if _is_video(p)):
-        samples += video_samples(video, video_stride)
-    return SampleSet(samples, None, "flat")
+        frames = video_samples(video, video_stride)
+        samples += frames
+        unreadable_videos += not frames
+    return SampleSet(samples, None, "flat", skipped=unreadable_videos)
 
 
 def discover(spec: str, split: str = "train", aircraft_level: str = "variant", video_stride: int = 10) -> SampleSet:
@@ -159,10 +161,10 @@ def discover(spec: str, split: str = "train", aircraft_level: str = "variant", v
     else:
         found = folder_samples(root, video_stride)
     kept = [s for s in found.samples if s.frame is not None or _header_ok(s.path)]
-    found.skipped = len(found.samples) - len(kept)
+    found.skipped += len(found.samples) - len(kept)
     found.samples = kept
     if found.skipped:
-        log.warning("%s: skipped %d unreadable images", spec, found.skipped)
+        log.warning("%s: skipped %d unreadable images or videos", spec, found.skipped)
     if not found.samples:
         raise AkdError(f"{spec}: no readable images or video frames found ({found.layout} layout)")
     return found
@@ -202,8 +204,8 @@ class DistillationDataset(torch.utils.data.Dataset):
     """Samples -> (image tensor, label). Augmentation is seeded by (seed, epoch, index), so a resumed run and
     any number of loader workers see exactly the same pixels as an uninterrupted one."""
 
-    def __init__(self, samples: list[Sample], transform, seed: int = 0, augment: bool = True):
-        self.samples, self.transform, self.seed, self.augment = samples, transform, seed, augment
+    def __init__(self, samples: list[Sample], transform, seed: int = 0):
+        self.samples, self.transform, self.seed = samples, transform, seed
         self.epoch = 0
 
     def __len__(self) -> int:

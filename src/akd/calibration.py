@@ -1,0 +1,146 @@
+"""INT8 with explicit Q/DQ nodes (onnxruntime ``quantize_static``, QDQ format, per-channel weights).
+
+Two flavours, because the fast form differs by deployment target:
+- ``tensorrt``: symmetric signed INT8 activations and weights, bias left in float - the only form TensorRT
+  accepts for explicit quantization (strongly typed networks in TensorRT 11);
+- ``cpu``: unsigned 8-bit activations with signed symmetric per-channel weights - the form onnxruntime's CPU
+  kernels run fast (QLinearConv / u8s8 GEMM).
+Calibration images stream from folders (images and video frames) one at a time; ranges are cached by
+(model hash, data hash, method, flavour), and a drift report (fp32 vs int8 on held-out images) gates the result.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from akd.export.parity import compare, images_of, sampled, to_input
+from akd.util import AkdError
+
+FLAVOURS = ("cpu", "tensorrt")
+METHODS = ("minmax", "entropy", "percentile")
+DEFAULT_MAX_DRIFT = 0.03  # the int8 parity limits: Pearson >= 0.98, class agreement >= 0.97
+QUANTIZED_OPS = ["Conv", "Gemm", "MatMul"]  # attention gates, sigmoid and resize stay in float for saliency fidelity
+DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
+
+
+@dataclass
+class CalibrationData:
+    samples: list  # akd.train.data.Sample, in deterministic order
+    heldout: list
+    fingerprint: str
+
+
+def calibration_data(data: str, num_images: int, seed: int = 0) -> CalibrationData:
+    """The first ``num_images`` of a seeded shuffle calibrate; up to 128 of the rest are held out for drift."""
+    from akd.train.data import discover
+
+    found = discover(data, "train")
+    ordered = sampled(found.samples, seed)
+    chosen, heldout = ordered[:num_images], ordered[num_images:num_images + 128]
+    digest = hashlib.sha256(f"{num_images}:{seed}".encode())
+    for sample in chosen:
+        stat = os.stat(sample.path)
+        digest.update(f"{sample.path}|{sample.frame}|{stat.st_size}|{stat.st_mtime_ns}\n".encode())
+    return CalibrationData(chosen, heldout, digest.hexdigest())
+
+
+class ImageCalibrationReader:
+    """onnxruntime ``CalibrationDataReader``: decodes one image per ``get_next`` (bounded memory) and supports
+    ``set_range`` so histogram calibrators can be fed in strides."""
+
+    def __init__(self, samples: list, config: dict[str, Any], input_format: str):
+        from akd.models.teachers import Preprocessing
+        from akd.train.data import transforms_for
+
+        pre = config["preprocessing"]
+        self.transform = transforms_for(Preprocessing(config["input_size"][0], tuple(pre["mean"]), tuple(pre["std"]),
+                                                      pre["crop_pct"]), train=False)
+        self.samples, self.config, self.input_format = samples, config, input_format
+        self.start, self.end, self.position = 0, len(samples), 0
+        self.skipped = 0
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def set_range(self, start_index: int, end_index: int) -> None:
+        self.start, self.end, self.position = start_index, min(end_index, len(self.samples)), start_index
+
+    def rewind(self) -> None:
+        self.position = self.start
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        from akd.train.data import read_rgb
+
+        while self.position < self.end:
+            sample = self.samples[self.position]
+            self.position += 1
+            image = read_rgb(sample)
+            if image is None:
+                self.skipped += 1
+                continue
+            tensor = self.transform(image).numpy()[None]
+            return {"images": to_input(tensor, self.config, self.input_format)}
+        return None
+
+
+def cache_file(cache_dir: Path, model_sha: str, data_fingerprint: str, method: str, flavour: str) -> Path:
+    """One file per key: a changed model, data set, method or flavour simply names another file."""
+    return Path(cache_dir) / f"{model_sha[:16]}-{data_fingerprint[:16]}-{method}-{flavour}.json"
+
+
+def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[str, Any], input_format: str,
+             flavour: str, method: str, cache_dir: Path | None) -> dict[str, Any]:
+    """Write a QDQ INT8 model of ``fp32_path`` to ``out_path``; returns what happened (cache hit, skipped)."""
+    from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+
+    from akd.util import sha256_file
+
+    if flavour not in FLAVOURS:
+        raise AkdError(f"--int8-target must be one of {', '.join(FLAVOURS)}, not '{flavour}'")
+    if method not in METHODS:
+        raise AkdError(f"--calibration-method must be one of {', '.join(METHODS)}, not '{method}'")
+    reader = ImageCalibrationReader(data.samples, config, input_format)
+    cache = cache_file(cache_dir, sha256_file(fp32_path), data.fingerprint, method, flavour) if cache_dir else None
+    hit = cache is not None and cache.is_file()
+    if cache is not None:
+        cache.parent.mkdir(parents=True, exist_ok=True)
+    stride = next(s for s in range(min(16, len(reader)), 0, -1) if len(reader) % s == 0)
+    extra = {"WeightSymmetric": True, "ActivationSymmetric": flavour == "tensorrt",
+             "QuantizeBias": flavour != "tensorrt", "CalibStridedMinMax": stride,
+             "CalibMaxIntermediateOutputs": stride}
+    if method == "percentile":
+        extra["CalibPercentile"] = 99.99
+    quantize_static(
+        fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+        per_channel=True, activation_type=QuantType.QInt8 if flavour == "tensorrt" else QuantType.QUInt8,
+        weight_type=QuantType.QInt8, calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                                       "entropy": CalibrationMethod.Entropy,
+                                                       "percentile": CalibrationMethod.Percentile}[method],
+        extra_options=extra, calibration_cache_path=str(cache) if cache else None)
+    return {"flavour": flavour, "method": method, "images": len(data.samples), "skipped": reader.skipped,
+            "cache": str(cache) if cache else None, "cache_hit": hit}
+
+
+def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: str, data: CalibrationData) -> dict:
+    """fp32 vs int8 on the held-out images (the calibration images when nothing is left over, as the report says):
+    saliency Pearson, IoU of the top-20% regions, class agreement, and the single ``drift`` figure."""
+    from akd.export.parity import run_onnx
+
+    heldout = bool(data.heldout)
+    images = images_of(data.heldout if heldout else data.samples[:128], config)
+    inputs = to_input(images, config, input_format)
+    metrics = compare(run_onnx(fp32_model, inputs), run_onnx(int8_model, inputs), np.ones(len(images), bool))
+    metrics["drift"] = drift(metrics)
+    metrics["heldout"] = heldout
+    return metrics
+
+
+def drift(metrics: dict[str, float]) -> float:
+    """One number for the gate: the worst of (1 - saliency Pearson) and (1 - class agreement)."""
+    return max(1.0 - metrics["saliency_pearson"], 1.0 - metrics["class_agreement"])

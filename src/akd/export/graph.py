@@ -1,0 +1,142 @@
+"""The fused ONNX graph: student + explainer (+ optionally the target) behind the DESIGN.md contract.
+
+Input ``images``: (N,3,H,W) float32 normalised, or (N,H,W,3) uint8 RGB at model resolution when preprocessing is
+fused (``uint8-nhwc``: the graph casts, scales and normalises; no resize). Outputs ``saliency`` (N,1,H,W) float32
+in [0,1], ``logits`` (N,C) float32, ``class_id`` (N) int32, ``score`` (N) float32 (softmax probability of
+class_id). The batch dimension is dynamic; the surrogate's JSON config travels in ``metadata_props``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+import akd
+from akd.util import AkdError, atomic_path
+
+INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
+OUTPUT_NAMES = ["saliency", "logits", "class_id", "score"]
+OPSET = 17
+
+
+class DeployableSurrogate(nn.Module):
+    """Wraps the surrogate with the graph contract; ``target`` (a torch module) decides class_id/score if given."""
+
+    def __init__(self, surrogate: nn.Module, input_format: str = "float-nchw", target: nn.Module | None = None):
+        super().__init__()
+        if input_format not in INPUT_FORMATS:
+            raise AkdError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, not '{input_format}'")
+        preprocessing = surrogate.config["preprocessing"]
+        self.surrogate, self.target, self.input_format = surrogate, target, input_format
+        self.register_buffer("mean", torch.tensor(preprocessing["mean"]).view(1, 3, 1, 1) * 255.0)
+        self.register_buffer("inv_std", 1.0 / (torch.tensor(preprocessing["std"]).view(1, 3, 1, 1) * 255.0))
+
+    def forward(self, images: torch.Tensor):
+        if self.input_format == "uint8-nhwc":
+            images = (images.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+        saliency, logits = self.surrogate(images)
+        deciding = self.target(images) if self.target is not None else logits
+        score, class_id = torch.softmax(deciding.float(), dim=1).max(dim=1)
+        return saliency.float(), logits.float(), class_id.to(torch.int32), score
+
+
+def example_input(config: dict[str, Any], input_format: str, batch: int = 2) -> torch.Tensor:
+    height, width = config["input_size"]
+    if input_format == "uint8-nhwc":
+        return torch.randint(0, 256, (batch, height, width, 3), dtype=torch.uint8)
+    return torch.randn(batch, 3, height, width)
+
+
+def artifact_metadata(config: dict[str, Any], source_sha256: str, precision: str, input_format: str,
+                      **extra: Any) -> dict[str, str]:
+    """What every akd artifact records: the surrogate config, akd version, source hash, precision, input format."""
+    metadata = {"akd_config": json.dumps(config), "akd_version": akd.__version__, "akd_source_sha256": source_sha256,
+                "akd_precision": precision, "akd_input_format": input_format}
+    metadata.update({f"akd_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
+    return metadata
+
+
+def set_metadata(model, metadata: dict[str, str]) -> None:
+    existing = {prop.key: prop for prop in model.metadata_props}
+    for key, value in metadata.items():
+        if key in existing:
+            existing[key].value = value
+        else:
+            entry = model.metadata_props.add()
+            entry.key, entry.value = key, value
+
+
+def read_metadata(model) -> dict[str, str]:
+    return {prop.key: prop.value for prop in model.metadata_props}
+
+
+def check_graph(model, what: str):
+    """Full onnx checker and strict shape inference; a failure is an akd bug, reported with the artifact name."""
+    import onnx
+
+    try:
+        onnx.checker.check_model(model, full_check=True)
+        return onnx.shape_inference.infer_shapes(model, strict_mode=True, data_prop=True)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise AkdError(f"{what}: exported graph failed the ONNX checker ({str(exc).splitlines()[0]})") from None
+
+
+def simplify(model):
+    """onnxslim: constant folding, dead-node removal, op fusion; metadata is carried over."""
+    import onnxslim
+
+    metadata = read_metadata(model)
+    slimmed = onnxslim.slim(model)
+    set_metadata(slimmed, metadata)
+    return slimmed
+
+
+def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, metadata: dict[str, str],
+                fp16: bool = False):
+    """Trace ``module`` (a DeployableSurrogate) into a checked graph, simplified with onnxslim.
+
+    ``fp16`` traces under torch autocast: convolutions and matrix products in fp16 with fp16 weights, inputs and
+    outputs in fp32, and the ops the model pins to fp32 (attention pooling and gates, the saliency sigmoid, the
+    softmax) kept there. onnxconverter-common's converter produced invalid graphs for these models (Cast type
+    mismatches around shared attention weights), so it is not used. The fp16 graph is not passed through onnxslim,
+    whose Conv+BatchNorm fusion writes fp32 weights into fp16 convolutions (onnxslim 0.1.98); onnxruntime and
+    TensorRT fuse BatchNorm themselves when they load the graph.
+    """
+    import contextlib
+    import io
+
+    import onnx
+
+    sample = example_input(config, input_format)
+    buffer = io.BytesIO()
+    batch_axis = {0: "batch"}
+    precision = torch.autocast("cpu", dtype=torch.float16) if fp16 else contextlib.nullcontext()
+    with torch.no_grad(), precision:
+        torch.onnx.export(module.eval(), (sample,), buffer, input_names=["images"], output_names=OUTPUT_NAMES,
+                          dynamic_axes={name: batch_axis for name in ["images", *OUTPUT_NAMES]},
+                          opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    model = onnx.load_from_string(buffer.getvalue())
+    set_metadata(model, metadata)
+    model = check_graph(model, "fused graph")
+    if not fp16:
+        model = simplify(model)
+        check_graph(model, "simplified graph")
+    return model
+
+
+def save_model(model, path: str | os.PathLike) -> None:
+    import onnx
+
+    with atomic_path(path) as tmp:
+        onnx.save_model(model, str(tmp))
+
+
+def refuse_overwrite(paths: list[Path], force: bool) -> None:
+    existing = [str(p) for p in paths if p.exists()]
+    if existing and not force:
+        raise AkdError(f"{', '.join(existing)} already exists; pass --force to overwrite")

@@ -1,0 +1,175 @@
+"""Parity of a deployed graph against the PyTorch surrogate (or of int8 against fp32): numbers and gates.
+
+Saliency errors are measured on generated and real images; class agreement on real images only, since the
+class of a noise image is a coin toss that says nothing about the export.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from akd.util import AkdError
+
+# precision -> (metric, comparison, limit); the issue's acceptance limits.
+LIMITS: dict[str, list[tuple[str, str, float]]] = {
+    "fp32": [("saliency_max_abs", "<=", 1e-4), ("class_agreement", ">=", 1.0)],
+    "fp16": [("saliency_max_abs", "<=", 1e-2), ("class_agreement", ">=", 0.99)],
+    "int8": [("saliency_pearson", ">=", 0.98), ("class_agreement", ">=", 0.97)],
+}
+
+
+@dataclass
+class ParityImages:
+    """Normalised float images (N,3,H,W); ``real`` marks the rows that are photographs."""
+
+    images: np.ndarray
+    real: np.ndarray
+
+
+def generated_images(height: int, width: int, count: int = 8, seed: int = 0) -> np.ndarray:
+    """Noise, gradients and blobs in normalised space: cheap, deterministic, exercises the value range."""
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:height, 0:width] / max(height, width)
+    images = []
+    for index in range(count):
+        kind = index % 3
+        if kind == 0:
+            image = rng.normal(0, 1, (3, height, width))
+        elif kind == 1:
+            image = np.stack([np.sin(6 * xx + c) + np.cos(4 * yy - c) for c in range(3)])
+        else:
+            cy, cx = rng.uniform(0.2, 0.8, 2)
+            blob = np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / 0.02)
+            image = np.stack([blob * 2 - 1, -blob, blob]) + rng.normal(0, 0.1, (3, height, width))
+        images.append(image)
+    return np.asarray(images, dtype=np.float32)
+
+
+def images_of(samples: list, config: dict) -> np.ndarray:
+    """Decode and preprocess samples the way the surrogate expects (resize, centre-crop, normalise)."""
+    from akd.models.teachers import Preprocessing
+    from akd.train.data import DistillationDataset, collate, transforms_for
+
+    pre = config["preprocessing"]
+    preprocessing = Preprocessing(config["input_size"][0], tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"])
+    dataset = DistillationDataset(samples, transforms_for(preprocessing, train=False))
+    images, _, _ = collate([dataset[i] for i in range(len(dataset))]) if samples else (None, None, 0)
+    return images.numpy() if images is not None else np.zeros((0, 3, *config["input_size"]), dtype=np.float32)
+
+
+def real_images(config: dict, data: str | None, count: int) -> np.ndarray:
+    """``count`` photographs from ``data`` (default: scikit-image's bundled photos), deterministically sampled."""
+    from akd.train.data import discover
+
+    return images_of(sampled(discover(data or "sample-photos", "test").samples, seed=0)[:count], config)
+
+
+def sampled(samples: list, seed: int) -> list:
+    """A deterministic shuffle of the samples (same list, same seed -> same order)."""
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [samples[i] for i in order]
+
+
+def parity_images(config: dict, data: str | None = None, real_count: int = 32) -> ParityImages:
+    height, width = config["input_size"]
+    generated = generated_images(height, width)
+    real = real_images(config, data, real_count)
+    return ParityImages(np.concatenate([generated, real]),
+                        np.concatenate([np.zeros(len(generated), bool), np.ones(len(real), bool)]))
+
+
+def to_input(images: np.ndarray, config: dict, input_format: str) -> np.ndarray:
+    """Normalised float NCHW -> what the graph takes (uint8 NHWC is de-normalised and rounded)."""
+    if input_format == "float-nchw":
+        return images
+    mean = np.asarray(config["preprocessing"]["mean"], np.float32).reshape(1, 3, 1, 1)
+    std = np.asarray(config["preprocessing"]["std"], np.float32).reshape(1, 3, 1, 1)
+    pixels = np.clip(np.rint((images * std + mean) * 255.0), 0, 255).astype(np.uint8)
+    return pixels.transpose(0, 2, 3, 1).copy()
+
+
+def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
+    """Saliency max abs error, mean per-image Pearson r, mean IoU of the top-20% regions; class agreement on
+    the real images (all images when none is real)."""
+    ref = reference["saliency"].reshape(len(real), -1).astype(np.float64)
+    cand = candidate["saliency"].reshape(len(real), -1).astype(np.float64)
+    pearson = [_pearson(a, b) for a, b in zip(ref, cand, strict=True)]
+    mask = real if real.any() else np.ones_like(real)
+    agree = reference["class_id"][mask] == candidate["class_id"][mask]
+    return {"saliency_max_abs": float(np.abs(ref - cand).max()), "saliency_pearson": float(np.mean(pearson)),
+            "top20_iou": float(np.mean([top_iou(a, b) for a, b in zip(ref, cand, strict=True)])),
+            "class_agreement": float(agree.mean()), "images": int(len(real)), "real_images": int(mask.sum())}
+
+
+def _pearson(a: np.ndarray, b: np.ndarray) -> float:
+    a, b = a - a.mean(), b - b.mean()
+    denominator = np.sqrt((a * a).sum() * (b * b).sum())
+    if denominator < 1e-12:  # a flat map: identical flat maps agree perfectly, anything else does not
+        return 1.0 if np.allclose(a, b, atol=1e-6) else 0.0
+    return float((a * b).sum() / denominator)
+
+
+def top_iou(a: np.ndarray, b: np.ndarray, fraction: float = 0.2) -> float:
+    """IoU of the top-``fraction`` most salient pixels of two maps."""
+    k = max(1, int(round(fraction * a.size)))
+    top_a = set(np.argpartition(-a, k - 1)[:k].tolist())
+    top_b = set(np.argpartition(-b, k - 1)[:k].tolist())
+    return len(top_a & top_b) / len(top_a | top_b)
+
+
+def failures(metrics: dict[str, float], precision: str) -> list[str]:
+    failed = []
+    for name, op, limit in LIMITS[precision]:
+        value = metrics[name]
+        if (op == "<=" and value > limit) or (op == ">=" and value < limit):
+            failed.append(name)
+    return failed
+
+
+def table(metrics: dict[str, float], precision: str) -> str:
+    """A small text table of every metric, with the limit and pass/fail where the precision sets one."""
+    limits = {name: (op, limit) for name, op, limit in LIMITS[precision]}
+    failed = set(failures(metrics, precision))
+    rows = [f"  {'metric':18s} {'value':>10s}  limit"]
+    for name, value in metrics.items():
+        op, limit = limits.get(name, ("", None))
+        verdict = "" if limit is None else ("FAIL" if name in failed else "ok")
+        shown = f"{value:10.6f}" if isinstance(value, float) else f"{value:10d}"
+        rows.append(f"  {name:18s} {shown}  {op} {limit if limit is not None else '':<6} {verdict}".rstrip())
+    return "\n".join(rows)
+
+
+def gate(metrics: dict[str, float], precision: str, what: str) -> None:
+    """Raise with the table when a limit is missed: the caller then writes nothing."""
+    if failures(metrics, precision):
+        raise AkdError(f"{what}: {precision} parity check failed, nothing written\n{table(metrics, precision)}")
+
+
+def run_torch(module: torch.nn.Module, inputs: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    outputs: dict[str, list[np.ndarray]] = {"saliency": [], "class_id": [], "logits": []}
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch):
+            saliency, logits, class_id, _ = module(torch.from_numpy(inputs[start:start + batch]))
+            outputs["saliency"].append(saliency.numpy())
+            outputs["logits"].append(logits.numpy())
+            outputs["class_id"].append(class_id.numpy())
+    return {k: np.concatenate(v) for k, v in outputs.items()}
+
+
+def run_onnx(model_bytes_or_path, inputs: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    session = ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])
+    outputs: dict[str, list[np.ndarray]] = {"saliency": [], "class_id": [], "logits": []}
+    for start in range(0, len(inputs), batch):
+        saliency, logits, class_id = session.run(["saliency", "logits", "class_id"],
+                                                 {"images": inputs[start:start + batch]})
+        outputs["saliency"].append(saliency)
+        outputs["logits"].append(logits)
+        outputs["class_id"].append(class_id)
+    return {k: np.concatenate(v) for k, v in outputs.items()}
