@@ -72,3 +72,41 @@ def flat_folder(tmp_path_factory) -> Path:
     for index in range(8):
         quadrant_image(index % NUM_CLASSES, rng).save(root / f"{index}.jpg")
     return root
+
+
+def tiny_surrogate_config(classes: int = 10, size: int = 64) -> dict:
+    return {"student": "resnet18_cbam", "classes": [f"c{i}" for i in range(classes)], "explainer_width": 32,
+            "input_size": [size, size], "preprocessing": {"input_size": size, "mean": [0.5, 0.5, 0.5],
+                                                          "std": [0.25, 0.25, 0.25], "crop_pct": 0.875,
+                                                          "color": "RGB"},
+            "target": {"name": "torchvision:resnet18", "kind": "torchvision", "sha256": None}}
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    """A resnet18_cbam surrogate at 64x64. Random features make near-ties between classes, which any
+    quantization flips; a strong bias on class 0 keeps the class decision stable so tests check the mechanism
+    (real-model drift is measured by benchmarks/precision_cpu.py)."""
+    from akd.models.surrogate import Surrogate, save_checkpoint
+
+    torch.manual_seed(0)
+    model = Surrogate(tiny_surrogate_config()).eval()
+    with torch.no_grad():
+        model.student.network.fc.bias[0] += 50.0
+    path = tmp_path_factory.mktemp("checkpoint") / "tiny.safetensors"
+    save_checkpoint(path, model)
+    return path
+
+
+@pytest.fixture(scope="session")
+def photo_folder(tmp_path_factory) -> Path:
+    """48 varied colour images (gradients, blobs and noise) for calibration and parity."""
+    root = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(7)
+    yy, xx = np.mgrid[0:80, 0:80] / 80.0
+    for index in range(48):
+        base = np.stack([np.sin(rng.uniform(2, 9) * xx + rng.uniform(0, 3)) * np.cos(rng.uniform(2, 9) * yy)
+                         for _ in range(3)], axis=-1)
+        pixels = ((base * 0.5 + 0.5) * 255 + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
+        Image.fromarray(pixels).save(root / f"{index:02d}.png")
+    return root

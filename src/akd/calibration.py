@@ -112,8 +112,10 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
         cache.parent.mkdir(parents=True, exist_ok=True)
     stride = next(s for s in range(min(16, len(reader)), 0, -1) if len(reader) % s == 0)
     extra = {"WeightSymmetric": True, "ActivationSymmetric": flavour == "tensorrt",
-             "QuantizeBias": flavour != "tensorrt", "CalibStridedMinMax": stride,
-             "CalibMaxIntermediateOutputs": stride}
+             "QuantizeBias": flavour != "tensorrt",
+             # feed the calibrator in strides: ranges/histograms are merged per stride, so memory stays bounded
+             # (CalibMaxIntermediateOutputs is not used: onnxruntime 1.32 drops the outputs it caps, unmerged)
+             "CalibStridedMinMax": stride}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
     quantize_static(
@@ -127,17 +129,19 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
             "cache": str(cache) if cache else None, "cache_hit": hit}
 
 
-def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: str, data: CalibrationData) -> dict:
-    """fp32 vs int8 on the held-out images (the calibration images when nothing is left over, as the report says):
-    saliency Pearson, IoU of the top-20% regions, class agreement, and the single ``drift`` figure."""
-    from akd.export.parity import run_onnx
+def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: str, data: CalibrationData,
+                 fallback: str | None = None) -> dict:
+    """fp32 vs int8 on images the calibration never saw: the held-out part of the calibration folder, or, when
+    fewer than 8 are left over, real photos from ``fallback`` (default: the bundled sample photos).
+    Reports saliency Pearson, IoU of the top-20% regions, class agreement and the single ``drift`` figure."""
+    from akd.export.parity import real_images, run_onnx
 
-    heldout = bool(data.heldout)
-    images = images_of(data.heldout if heldout else data.samples[:128], config)
+    heldout = len(data.heldout) >= 8
+    images = images_of(data.heldout, config) if heldout else real_images(config, fallback, 128)
     inputs = to_input(images, config, input_format)
     metrics = compare(run_onnx(fp32_model, inputs), run_onnx(int8_model, inputs), np.ones(len(images), bool))
     metrics["drift"] = drift(metrics)
-    metrics["heldout"] = heldout
+    metrics["evaluated_on"] = "held-out calibration images" if heldout else (fallback or "sample-photos")
     return metrics
 
 

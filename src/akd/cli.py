@@ -97,8 +97,91 @@ def run_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _batch_profile(text: str) -> tuple[int, int, int]:
+    try:
+        values = tuple(int(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX batch sizes, got '{text}'") from None
+    if len(values) != 3 or not 1 <= values[0] <= values[1] <= values[2]:
+        raise argparse.ArgumentTypeError(f"expected MIN,OPT,MAX with 1 <= MIN <= OPT <= MAX, got '{text}'")
+    return values  # type: ignore[return-value]
+
+
+def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--int8-target", choices=["cpu", "tensorrt"],
+                        help="Q/DQ flavour: tensorrt = symmetric signed activations (default for engines), "
+                             "cpu = unsigned activations, fast in onnxruntime on CPU (default for onnx)")
+    parser.add_argument("--calibration-method", default="minmax", choices=["minmax", "entropy", "percentile"])
+    parser.add_argument("--num-images", type=_positive_int, default=512, help="calibration images (default 512)")
+    parser.add_argument("--max-drift", type=float, default=0.03,
+                        help="refuse an INT8 model whose drift, max(1 - saliency Pearson, 1 - class agreement) on "
+                             "held-out images, exceeds this (default 0.03)")
+    parser.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/akd/calibration)")
+    parser.add_argument("--force", action="store_true", help="overwrite existing artifacts")
+
+
+def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("checkpoint", metavar="SURROGATE.safetensors")
+    parser.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--format", default="onnx", choices=["onnx", "engine", "all"],
+                        help="onnx graph, TensorRT engine (+ .engine.json), or both (engine implies the graph)")
+    parser.add_argument("--out", help="output .onnx path or folder (default: beside the checkpoint)")
+    parser.add_argument("--input-format", default="float-nchw", choices=["float-nchw", "uint8-nhwc"],
+                        help="uint8-nhwc fuses scaling and normalisation into the graph")
+    parser.add_argument("--include-target", action="store_true",
+                        help="fuse the target network too: class_id and score come from the target")
+    parser.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
+    parser.add_argument("--parity-data", metavar="DIR", help="real images for the parity check (default: bundled)")
+    parser.add_argument("--calib-data", metavar="DIR", help="calibration images/videos (needed for int8)")
+    _add_int8_arguments(parser)
+    parser.add_argument("--batch", type=_batch_profile, default=(1, 8, 32), metavar="MIN,OPT,MAX",
+                        help="TensorRT optimisation profile (default 1,8,32)")
+    parser.add_argument("--workspace", type=_positive_int, default=2048, metavar="MB")
+    parser.add_argument("--timing-cache", metavar="FILE", help="TensorRT timing cache to load and update")
+    parser.add_argument("--dla-core", type=int, help="build for this DLA core (Jetson), falling back to the GPU")
+    parser.add_argument("--version-compatible", action="store_true", help="TensorRT version-compatible engine")
+    parser.add_argument("--hardware-compatibility", default="none",
+                        choices=["none", "ampere-plus", "same-compute-capability"])
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from akd.export.exporter import ExportOptions, export, summarize
+
+    written = export(ExportOptions(
+        checkpoint=args.checkpoint, out=args.out, precision=args.precision, format=args.format,
+        input_format=args.input_format, include_target=args.include_target, verify=not args.no_verify,
+        parity_data=args.parity_data, calib_data=args.calib_data, num_images=args.num_images,
+        calibration_method=args.calibration_method, int8_target=args.int8_target, max_drift=args.max_drift,
+        cache_dir=args.cache_dir, batch=args.batch, workspace_mb=args.workspace, timing_cache=args.timing_cache,
+        dla_core=args.dla_core, version_compatible=args.version_compatible,
+        hardware_compatibility=args.hardware_compatibility, force=args.force))
+    print(f"akd-export: wrote {summarize(written)}")
+    return 0
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL.onnx", help="an fp32 graph written by akd-export")
+    parser.add_argument("--data", required=True, metavar="DIR", help="calibration images/videos")
+    parser.add_argument("--out", required=True, metavar="MODEL.int8.onnx")
+    _add_int8_arguments(parser)
+
+
+def run_calibrate(args: argparse.Namespace) -> int:
+    from akd.export.exporter import calibrate_file
+
+    info = calibrate_file(args.model, args.data, args.out, args.int8_target or "cpu", args.calibration_method,
+                          args.num_images, args.max_drift, args.cache_dir, args.force)
+    cache = "reused" if info["cache_hit"] else "written"
+    print(f"akd-calibrate: wrote {args.out} ({info['flavour']} flavour, {info['method']}, {info['images']} images, "
+          f"calibration cache {cache}: {info['cache']})")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("distil a target classifier into an attentive surrogate", add_train_arguments, run_train),
+    "export": ("write the fused ONNX graph (fp32/fp16/int8) and TensorRT engines", add_export_arguments, run_export),
+    "calibrate": ("quantize an fp32 akd graph to INT8 Q/DQ with a drift gate", add_calibrate_arguments,
+                  run_calibrate),
 }
 
 
@@ -139,6 +222,14 @@ def main(argv: list[str] | None = None) -> int:
 
 def train_main(argv: list[str] | None = None) -> int:
     return _run("akd-train", "train", argv)
+
+
+def export_main(argv: list[str] | None = None) -> int:
+    return _run("akd-export", "export", argv)
+
+
+def calibrate_main(argv: list[str] | None = None) -> int:
+    return _run("akd-calibrate", "calibrate", argv)
 
 
 if __name__ == "__main__":

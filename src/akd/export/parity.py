@@ -137,7 +137,7 @@ def table(metrics: dict[str, float], precision: str) -> str:
     for name, value in metrics.items():
         op, limit = limits.get(name, ("", None))
         verdict = "" if limit is None else ("FAIL" if name in failed else "ok")
-        shown = f"{value:10.6f}" if isinstance(value, float) else f"{value:10d}"
+        shown = f"{value:10.6f}" if isinstance(value, float) else f"{value!s:>10}"
         rows.append(f"  {name:18s} {shown}  {op} {limit if limit is not None else '':<6} {verdict}".rstrip())
     return "\n".join(rows)
 

@@ -1,0 +1,221 @@
+"""``akd-export`` and ``akd-calibrate``: checkpoint -> fused graph at a precision -> (optionally) TensorRT engine.
+
+Order of work: everything is built and verified in memory or a private temp folder first; artifacts are written
+(atomically) only after every check passed, so a failed parity check or an interrupted export writes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from akd.export import parity
+from akd.export.graph import (
+    DeployableSurrogate,
+    artifact_metadata,
+    check_graph,
+    export_onnx,
+    read_metadata,
+    refuse_overwrite,
+    save_model,
+    set_metadata,
+)
+from akd.util import AkdError, sha256_file
+
+PRECISIONS = ("fp32", "fp16", "int8")
+FORMATS = ("onnx", "engine", "all")
+
+
+@dataclass
+class ExportOptions:
+    checkpoint: str
+    out: str | None = None
+    precision: str = "fp16"
+    format: str = "onnx"
+    input_format: str = "float-nchw"
+    include_target: bool = False
+    verify: bool = True
+    parity_data: str | None = None
+    calib_data: str | None = None
+    num_images: int = 512
+    calibration_method: str = "minmax"
+    int8_target: str | None = None
+    max_drift: float = 0.03
+    cache_dir: str | None = None
+    batch: tuple[int, int, int] = (1, 8, 32)
+    workspace_mb: int = 2048
+    timing_cache: str | None = None
+    dla_core: int | None = None
+    version_compatible: bool = False
+    hardware_compatibility: str = "none"
+    force: bool = False
+
+
+def output_paths(options: ExportOptions) -> tuple[Path, Path]:
+    """(onnx path, engine path): ``surrogate.onnx``, ``surrogate.fp16.onnx``, ``surrogate.int8.onnx`` next to the
+    checkpoint, or under/at ``--out``."""
+    suffix = "" if options.precision == "fp32" else f".{options.precision}"
+    checkpoint = Path(options.checkpoint)
+    if options.out and options.out.endswith(".onnx"):
+        onnx_path = Path(options.out)
+    else:
+        folder = Path(options.out) if options.out else checkpoint.parent
+        onnx_path = folder / f"{checkpoint.name.removesuffix('.safetensors')}{suffix}.onnx"
+    return onnx_path, onnx_path.with_suffix(".engine")
+
+
+def _target_module(config: dict[str, Any]):
+    """The surrogate's own target as a torch module, checked against the sha256 recorded at distillation."""
+    from akd.models.teachers import Preprocessing, load_teacher
+
+    identity = config["target"]
+    if identity.get("kind") == "onnx":
+        raise AkdError("--include-target needs a torch target; this surrogate was distilled from an ONNX black box")
+    spec = identity.get("path") or identity["name"]
+    pre = config["preprocessing"]
+    teacher = load_teacher(spec, identity.get("weights"),
+                           Preprocessing(pre["input_size"], tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"]))
+    if identity.get("sha256") and teacher.identity.get("sha256") != identity["sha256"]:
+        raise AkdError(f"--include-target: {spec} is not the file this surrogate was distilled from (sha256 differs)")
+    return teacher.module
+
+
+def export(options: ExportOptions) -> list[Path]:
+    """Run ``akd-export``; returns the paths written."""
+    from akd.models.surrogate import load_surrogate
+
+    if options.precision not in PRECISIONS:
+        raise AkdError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{options.precision}'")
+    if options.format not in FORMATS:
+        raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
+    if options.precision == "int8" and not options.calib_data:
+        raise AkdError("--precision int8 needs --calib-data DIR (images or videos to calibrate on)")
+    wants_engine = options.format in ("engine", "all")
+    if wants_engine:
+        from akd.export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # before any work: without TensorRT nothing is written
+    onnx_path, engine_path = output_paths(options)
+    planned = [onnx_path] + ([engine_path, engine_path.with_suffix(".engine.json")] if wants_engine else [])
+    refuse_overwrite(planned, options.force)
+
+    surrogate = load_surrogate(options.checkpoint)
+    config = surrogate.config
+    source_sha = sha256_file(options.checkpoint)
+    target = _target_module(config) if options.include_target else None
+    reference = DeployableSurrogate(surrogate, options.input_format, target).eval()
+    extra = {"include_target": options.include_target}
+    fp32 = export_onnx(reference, config, options.input_format,
+                       artifact_metadata(config, source_sha, "fp32", options.input_format, **extra))
+    report: dict[str, Any] = {}
+    if options.verify:
+        report["fp32"] = _verify_against_torch(reference, fp32, config, options, "fp32")
+    if options.precision == "fp32":
+        model = fp32
+    elif options.precision == "fp16":
+        model = export_onnx(reference, config, options.input_format,
+                            artifact_metadata(config, source_sha, "fp16", options.input_format, **extra), fp16=True)
+        if options.verify:
+            report["fp16"] = _verify_against_torch(reference, model, config, options, "fp16")
+    else:
+        flavour = options.int8_target or ("tensorrt" if wants_engine else "cpu")
+        model, report["int8"] = calibrate(fp32, config, options.input_format, options.calib_data, flavour,
+                                          options.calibration_method, options.num_images, options.max_drift,
+                                          options.cache_dir, verify=options.verify,
+                                          fallback_data=options.parity_data)
+    save_model(model, onnx_path)
+    written = [onnx_path]
+    _print_report(report)
+    if wants_engine:
+        from akd.export.tensorrt import EngineOptions, build_engine
+
+        written += build_engine(onnx_path, engine_path, EngineOptions(
+            precision=options.precision, batch=options.batch, workspace_mb=options.workspace_mb,
+            timing_cache=options.timing_cache, dla_core=options.dla_core,
+            version_compatible=options.version_compatible, hardware_compatibility=options.hardware_compatibility,
+            calib_data=options.calib_data, num_images=options.num_images))
+    return written
+
+
+def _verify_against_torch(reference, model, config, options: ExportOptions, precision: str) -> dict[str, float]:
+    images = parity.parity_images(config, options.parity_data)
+    inputs = parity.to_input(images.images, config, options.input_format)
+    metrics = parity.compare(parity.run_torch(reference, inputs), parity.run_onnx(model.SerializeToString(), inputs),
+                             images.real)
+    parity.gate(metrics, precision, f"{options.checkpoint}")
+    return metrics
+
+
+def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str, flavour: str, method: str,
+              num_images: int, max_drift: float, cache_dir: str | None, verify: bool = True,
+              fallback_data: str | None = None):
+    """Quantize an fp32 akd graph to QDQ INT8, measure drift on held-out images, refuse if it drifts too far."""
+    import onnx
+
+    from akd.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize
+
+    data_set = calibration_data(data, num_images)
+    with tempfile.TemporaryDirectory(prefix="akd-int8-") as folder:
+        fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
+        onnx.save_model(fp32_model, str(fp32_path))
+        info = quantize(str(fp32_path), str(int8_path), data_set, config, input_format, flavour, method,
+                        Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR)
+        int8 = onnx.load_model(str(int8_path))
+    metadata = read_metadata(fp32_model)
+    metadata.update({"akd_precision": "int8", "akd_int8_flavour": flavour, "akd_calibration": json.dumps(info)})
+    if verify:
+        drift = drift_report(fp32_model.SerializeToString(), int8.SerializeToString(), config, input_format, data_set,
+                             fallback_data)
+        metadata["akd_drift"] = json.dumps(drift)
+        info["drift"] = drift
+        failed = parity.failures(drift, "int8")
+        if failed or drift["drift"] > max_drift:
+            raise AkdError(f"int8 ({flavour}) drifts too far from fp32 (drift {drift['drift']:.4f}, --max-drift "
+                           f"{max_drift}), nothing written\n{parity.table(drift, 'int8')}")
+    set_metadata(int8, metadata)
+    return check_graph(int8, "int8 graph"), info
+
+
+def calibrate_file(model_path: str, data: str, out: str, flavour: str, method: str, num_images: int,
+                   max_drift: float, cache_dir: str | None, force: bool) -> dict[str, Any]:
+    """``akd-calibrate``: an fp32 akd graph on disk -> its INT8 form."""
+    import onnx
+
+    path = Path(model_path)
+    if not path.is_file():
+        raise AkdError(f"{model_path}: model not found")
+    try:
+        model = onnx.load_model(str(path))
+    except Exception as exc:  # noqa: BLE001 - protobuf decode errors
+        raise AkdError(f"{model_path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+    metadata = read_metadata(model)
+    if "akd_config" not in metadata:
+        raise AkdError(f"{model_path}: not an akd graph (no akd_config in its metadata); export it with akd-export")
+    if metadata.get("akd_precision") != "fp32":
+        raise AkdError(f"{model_path}: calibrate the fp32 graph, not the {metadata.get('akd_precision')} one")
+    refuse_overwrite([Path(out)], force)
+    config = json.loads(metadata["akd_config"])
+    int8, info = calibrate(model, config, metadata["akd_input_format"], data, flavour, method, num_images,
+                           max_drift, cache_dir)
+    metadata_sha = sha256_file(str(path))
+    set_metadata(int8, {"akd_source_sha256": metadata_sha})
+    save_model(int8, out)
+    _print_report({"int8": info})
+    return info
+
+
+def _print_report(report: dict[str, Any]) -> None:
+    for precision, metrics in report.items():
+        shown = metrics.get("drift", metrics) if precision == "int8" else metrics
+        if isinstance(shown, dict):
+            values = ", ".join(f"{k} {v:.6f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            print(f"akd-export: {precision} check: {values}", file=sys.stderr)
+
+
+def summarize(paths: list[Path]) -> str:
+    return ", ".join(f"{p} ({p.stat().st_size / 1e6:.1f} MB)" for p in paths if p.exists())
+

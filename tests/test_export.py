@@ -1,0 +1,202 @@
+import json
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from akd.cli import calibrate_main, export_main
+from akd.export import parity
+from akd.export.exporter import ExportOptions, export
+from akd.util import AkdError
+
+
+def _session(path):
+    return ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+
+
+def _meta(path) -> dict:
+    return {p.key: p.value for p in onnx.load_model(str(path)).metadata_props}
+
+
+@pytest.mark.parametrize("input_format", ["float-nchw", "uint8-nhwc"])
+def test_fused_graph_contract(tiny_checkpoint, photo_folder, tmp_path, input_format):
+    out = tmp_path / "m.onnx"
+    export(ExportOptions(str(tiny_checkpoint), str(out), precision="fp32", input_format=input_format,
+                         parity_data=str(photo_folder)))
+    model = onnx.load_model(str(out))
+    assert model.opset_import[0].version >= 17
+    onnx.checker.check_model(model, full_check=True)
+    session = _session(out)
+    (image_input,) = session.get_inputs()
+    assert image_input.name == "images"
+    if input_format == "uint8-nhwc":
+        assert image_input.type == "tensor(uint8)" and image_input.shape[1:] == [64, 64, 3]
+    else:
+        assert image_input.type == "tensor(float)" and image_input.shape[1:] == [3, 64, 64]
+    outputs = {o.name: o for o in session.get_outputs()}
+    assert list(outputs) == ["saliency", "logits", "class_id", "score"]
+    assert [outputs[n].type for n in outputs] == ["tensor(float)", "tensor(float)", "tensor(int32)", "tensor(float)"]
+    for batch in (1, 5, 16):  # dynamic batch
+        shape = (batch, 64, 64, 3) if input_format == "uint8-nhwc" else (batch, 3, 64, 64)
+        feed = np.random.default_rng(0).integers(0, 255, shape).astype(
+            np.uint8 if input_format == "uint8-nhwc" else np.float32)
+        saliency, logits, class_id, score = session.run(None, {"images": feed})
+        assert saliency.shape == (batch, 1, 64, 64) and logits.shape == (batch, 10)
+        assert class_id.shape == (batch,) and score.shape == (batch,)
+        assert saliency.min() >= 0 and saliency.max() <= 1 and np.all(score <= 1)
+        np.testing.assert_array_equal(class_id, logits.argmax(1))
+    metadata = _meta(out)
+    config = json.loads(metadata["akd_config"])
+    assert config["student"] == "resnet18_cbam" and metadata["akd_precision"] == "fp32"
+    assert metadata["akd_input_format"] == input_format and len(metadata["akd_source_sha256"]) == 64
+    assert metadata["akd_version"]
+
+
+def test_fp16_graph_has_fp16_weights_and_fp32_io(tiny_checkpoint, photo_folder, tmp_path):
+    out = tmp_path / "m.fp16.onnx"
+    export(ExportOptions(str(tiny_checkpoint), str(out), precision="fp16", parity_data=str(photo_folder)))
+    model = onnx.load_model(str(out))
+    kernels = [init for init in model.graph.initializer if len(init.dims) == 4]
+    half = sum(int(np.prod(k.dims)) for k in kernels if k.data_type == onnx.TensorProto.FLOAT16)
+    assert half / sum(int(np.prod(k.dims)) for k in kernels) > 0.9  # the student's convolutions are all fp16
+    session = _session(out)
+    assert session.get_inputs()[0].type == "tensor(float)"
+    assert session.get_outputs()[0].type == "tensor(float)"
+    sigmoid_inputs = {n.input[0] for n in model.graph.node if n.op_type == "Sigmoid"}
+    cast_targets = {n.output[0]: n.attribute[0].i for n in model.graph.node if n.op_type == "Cast"}
+    # every sigmoid gate reads fp32: it is fed by a Cast to float or by an fp32 op chain
+    assert any(cast_targets.get(name) == onnx.TensorProto.FLOAT for name in sigmoid_inputs)
+
+
+@pytest.mark.parametrize("flavour", ["cpu", "tensorrt"])
+def test_int8_flavours_and_cache(tiny_checkpoint, photo_folder, tmp_path, flavour):
+    cache = tmp_path / "cache"
+    out = tmp_path / f"m.{flavour}.int8.onnx"
+    options = ExportOptions(str(tiny_checkpoint), str(out), precision="int8", calib_data=str(photo_folder),
+                            num_images=32, int8_target=flavour, cache_dir=str(cache), max_drift=0.05,
+                            parity_data=str(photo_folder))
+    export(options)
+    model = onnx.load_model(str(out))
+    quant = [n for n in model.graph.node if n.op_type == "QuantizeLinear"]
+    assert quant, "explicit Q/DQ nodes expected"
+    zero_point_types = {init.data_type for init in model.graph.initializer if init.name.endswith("zero_point")}
+    activation_zero_points = {init.data_type for init in model.graph.initializer
+                              if init.name in {q.input[2] for q in quant}}
+    if flavour == "tensorrt":
+        assert activation_zero_points == {onnx.TensorProto.INT8}
+        assert not any(n.op_type == "DequantizeLinear" and "bias" in n.input[0] for n in model.graph.node)
+    else:
+        assert onnx.TensorProto.UINT8 in activation_zero_points
+    assert zero_point_types
+    metadata = _meta(out)
+    assert metadata["akd_precision"] == "int8" and metadata["akd_int8_flavour"] == flavour
+    drift = json.loads(metadata["akd_drift"])
+    assert drift["saliency_pearson"] >= 0.98 and drift["class_agreement"] >= 0.97
+    assert drift["evaluated_on"] == "held-out calibration images"
+    cache_files = list(cache.iterdir())
+    assert len(cache_files) == 1 and flavour in cache_files[0].name
+    # same model, data and method: the cache is reused; other data: a new key, the stale file is left alone
+    options.force = True
+    info_hit = _calibration_info(out, options)
+    assert info_hit["cache_hit"]
+    options.num_images = 16
+    info_miss = _calibration_info(out, options)
+    assert not info_miss["cache_hit"] and len(list(cache.iterdir())) == 2
+
+
+def _calibration_info(out, options):
+    export(options)
+    return json.loads(_meta(out)["akd_calibration"])
+
+
+def test_drift_gate_refuses_broken_calibration(tiny_checkpoint, photo_folder, tmp_path):
+    black = tmp_path / "black"
+    black.mkdir()
+    from PIL import Image
+
+    for index in range(4):
+        Image.new("RGB", (80, 80), (128, 128, 128)).save(black / f"{index}.png")
+    out = tmp_path / "broken.int8.onnx"
+    with pytest.raises(AkdError, match="drifts too far") as error:
+        export(ExportOptions(str(tiny_checkpoint), str(out), precision="int8", calib_data=str(black),
+                             cache_dir=str(tmp_path / "cache"), parity_data=str(photo_folder)))
+    assert "saliency_pearson" in str(error.value) and not out.exists()
+
+
+def test_parity_failure_writes_nothing_and_prints_table(tiny_checkpoint, tmp_path, monkeypatch):
+    def broken_compare(reference, candidate, real):
+        metrics = {"saliency_max_abs": 0.5, "saliency_pearson": 0.1, "top20_iou": 0.1, "class_agreement": 0.5,
+                   "images": 4, "real_images": 4}
+        return metrics
+
+    monkeypatch.setattr(parity, "compare", broken_compare)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(AkdError, match="parity check failed") as error:
+        export(ExportOptions(str(tiny_checkpoint), str(out), precision="fp32"))
+    assert "FAIL" in str(error.value) and not out.exists()
+
+
+def test_interrupted_write_leaves_no_artifact(tiny_checkpoint, tmp_path, monkeypatch):
+    import akd.export.graph as graph
+
+    def crash(model, path, *args, **kwargs):
+        with open(path, "wb") as handle:
+            handle.write(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(graph.onnx if hasattr(graph, "onnx") else onnx, "save_model", crash)
+    out = tmp_path / "m.onnx"
+    with pytest.raises(KeyboardInterrupt):
+        export(ExportOptions(str(tiny_checkpoint), str(out), precision="fp32", verify=False))
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_existing_output_needs_force(tiny_checkpoint, tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    out.write_bytes(b"keep me")
+    code = export_main([str(tiny_checkpoint), "--precision", "fp32", "--out", str(out)])
+    assert code == 2 and "--force" in capsys.readouterr().err
+    assert out.read_bytes() == b"keep me"
+
+
+def test_engine_without_tensorrt_says_what_to_install(tiny_checkpoint, tmp_path, capsys):
+    try:
+        import tensorrt
+
+        if hasattr(tensorrt, "Builder"):
+            pytest.skip("TensorRT is installed here")
+    except ImportError:
+        pass
+    code = export_main([str(tiny_checkpoint), "--format", "engine", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert code == 2 and "TensorRT is not installed" in err and "pip install tensorrt" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("argv,fragment", [
+    (["missing.safetensors"], "checkpoint not found"),
+    (["{ckpt}", "--precision", "fp8"], "invalid choice"),
+    (["{ckpt}", "--precision", "int8"], "needs --calib-data"),
+    (["{corrupt}"], "not a readable safetensors checkpoint"),
+    (["{ckpt}", "--batch", "8,4,2"], "MIN <= OPT <= MAX"),
+])
+def test_export_cli_errors(tiny_checkpoint, tmp_path, capsys, argv, fragment):
+    corrupt = tmp_path / "corrupt.safetensors"
+    corrupt.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    argv = [a.format(ckpt=tiny_checkpoint, corrupt=corrupt) for a in argv]
+    code = export_main([*argv, "--out", str(tmp_path / "o.onnx")])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err
+
+
+def test_calibrate_command(tiny_checkpoint, photo_folder, tmp_path, capsys):
+    fp32 = tmp_path / "m.onnx"
+    export(ExportOptions(str(tiny_checkpoint), str(fp32), precision="fp32", verify=False))
+    out = tmp_path / "m.int8.onnx"
+    code = calibrate_main([str(fp32), "--data", str(photo_folder), "--out", str(out), "--num-images", "32",
+                           "--cache-dir", str(tmp_path / "cache"), "--max-drift", "0.05"])
+    assert code == 0, capsys.readouterr().err
+    assert _meta(out)["akd_int8_flavour"] == "cpu"
+    assert calibrate_main([str(out), "--data", str(photo_folder), "--out", str(tmp_path / "x.onnx")]) == 2
+    assert "calibrate the fp32 graph" in capsys.readouterr().err
