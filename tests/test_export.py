@@ -200,3 +200,38 @@ def test_calibrate_command(tiny_checkpoint, photo_folder, tmp_path, capsys):
     assert _meta(out)["akd_int8_flavour"] == "cpu"
     assert calibrate_main([str(out), "--data", str(photo_folder), "--out", str(tmp_path / "x.onnx")]) == 2
     assert "calibrate the fp32 graph" in capsys.readouterr().err
+
+
+def test_include_target_fuses_the_target_decision(tmp_path):
+    import torch
+    import torchvision
+    from safetensors.torch import save_file
+
+    from akd.models.surrogate import Surrogate, save_checkpoint
+    from akd.util import sha256_file
+    from conftest import tiny_surrogate_config
+
+    torch.manual_seed(0)
+    target = torchvision.models.resnet18(num_classes=1000).eval()
+    weights = tmp_path / "r18.safetensors"
+    save_file(target.state_dict(), str(weights))
+    config = tiny_surrogate_config()
+    config["target"] = {"name": "torchvision:resnet18", "kind": "torchvision", "weights": str(weights),
+                        "sha256": sha256_file(weights)}
+    checkpoint = tmp_path / "with_target.safetensors"
+    save_checkpoint(checkpoint, Surrogate(config).eval())
+    out = tmp_path / "fused.onnx"
+    export(ExportOptions(str(checkpoint), str(out), precision="fp32", verify=False, include_target=True))
+    images = np.random.default_rng(0).normal(size=(3, 3, 64, 64)).astype(np.float32)
+    _, logits, class_id, score = _session(out).run(None, {"images": images})
+    with torch.no_grad():
+        expected = torch.softmax(target(torch.from_numpy(images)), 1)
+    np.testing.assert_array_equal(class_id, expected.argmax(1).numpy())
+    np.testing.assert_allclose(score, expected.max(1).values.numpy(), atol=1e-5)
+    assert logits.shape == (3, 10) and json.loads(_meta(out)["akd_include_target"]) is True
+
+    for kind, message in (("onnx", "ONNX black box"), ("torchscript", "TorchScript")):
+        config["target"] = {"name": "m", "kind": kind, "path": "m", "sha256": "0" * 64}
+        save_checkpoint(checkpoint, Surrogate(config).eval())
+        with pytest.raises(AkdError, match=message):
+            export(ExportOptions(str(checkpoint), str(tmp_path / "x.onnx"), precision="fp32", include_target=True))

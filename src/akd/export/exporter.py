@@ -75,6 +75,9 @@ def _target_module(config: dict[str, Any]):
     identity = config["target"]
     if identity.get("kind") == "onnx":
         raise AkdError("--include-target needs a torch target; this surrogate was distilled from an ONNX black box")
+    if identity.get("kind") == "torchscript":
+        raise AkdError("--include-target cannot trace a TorchScript target into the graph; distil from the "
+                       "torchvision/timm name (with --teacher-weights) to fuse it")
     spec = identity.get("path") or identity["name"]
     pre = config["preprocessing"]
     teacher = load_teacher(spec, identity.get("weights"),
