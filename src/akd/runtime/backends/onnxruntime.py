@@ -1,0 +1,61 @@
+"""onnxruntime backend: CPU here; TensorRT and CUDA execution providers with IO binding when onnxruntime-gpu is
+installed. ``InferenceSession.run`` is thread-safe, so one runner serves many threads."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from akd.runtime.backends import ModelInfo
+from akd.util import AkdError
+
+GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+
+
+class OnnxRuntimeRunner:
+    def __init__(self, path: str, device: str = "auto", max_batch: int = 32, threads: int | None = None):
+        import onnx
+        import onnxruntime as ort
+
+        try:
+            metadata = {p.key: p.value for p in onnx.load_model(path, load_external_data=False).metadata_props}
+        except Exception as exc:  # noqa: BLE001 - protobuf decode errors
+            raise AkdError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        if "akd_config" not in metadata:
+            raise AkdError(f"{path}: not an akd graph (no akd_config metadata); export it with akd-export")
+        available = ort.get_available_providers()
+        providers = [p for p in GPU_PROVIDERS if p in available and device != "cpu"] + ["CPUExecutionProvider"]
+        if device == "cuda" and len(providers) == 1:
+            raise AkdError("device cuda requested but onnxruntime has no CUDA provider (install onnxruntime-gpu)")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        if threads:
+            options.intra_op_num_threads = threads
+        self.session = ort.InferenceSession(path, options, providers=providers)
+        self.providers = self.session.get_providers()
+        self.on_gpu = self.providers[0] != "CPUExecutionProvider"
+        self.output_names = [o.name for o in self.session.get_outputs()]
+        self.info = ModelInfo(json.loads(metadata["akd_config"]), metadata.get("akd_input_format", "float-nchw"),
+                              max_batch, metadata.get("akd_precision", "fp32"), path,
+                              {"backend": "onnxruntime", "providers": self.providers,
+                               "int8_flavour": metadata.get("akd_int8_flavour")})
+        self.last_stage_ms: dict[str, float] = {}
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        started = time.perf_counter()
+        if self.on_gpu:  # IO binding: one host->device copy in, outputs copied back once
+            binding = self.session.io_binding()
+            binding.bind_cpu_input("images", np.ascontiguousarray(batch))
+            for name in self.output_names:
+                binding.bind_output(name)
+            self.session.run_with_iobinding(binding)
+            values = binding.copy_outputs_to_cpu()
+        else:
+            values = self.session.run(self.output_names, {"images": batch})
+        self.last_stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
+        return dict(zip(self.output_names, values, strict=True))
+
+    def close(self) -> None:
+        self.session = None

@@ -1,0 +1,112 @@
+"""torch backend: the surrogate itself (the reference, and the GPU check vehicle).
+
+CPU: plain eager inference. CUDA: the shared pinned-memory/stream ``SlotPipeline`` with torch as the CUDA binding,
+optional fp16 (autocast) and CUDA graphs (one captured graph per slot at the maximum batch; smaller batches are
+padded, so the graph replays with fixed shapes). The student keeps its attentive differences on its modules during
+a forward pass, so calls are serialised with a lock (the CUDA pipeline has its own).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from akd.runtime.backends import ModelInfo
+from akd.util import AkdError
+
+OUTPUTS = ("saliency", "logits", "class_id", "score")
+
+
+class TorchRunner:
+    def __init__(self, path: str, device: str = "auto", max_batch: int = 32, fp16: bool = False,
+                 cuda_graphs: bool = False, slots: int = 2):
+        import torch
+
+        from akd.export.graph import DeployableSurrogate
+        from akd.models.surrogate import load_surrogate
+
+        if device == "auto":
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        if device == "cuda" and not torch.cuda.is_available():
+            raise AkdError("device cuda requested but CUDA is not available")
+        if (fp16 or cuda_graphs) and device != "cuda":
+            raise AkdError("fp16 and CUDA graphs need the torch backend on a CUDA device")
+        surrogate = load_surrogate(path)
+        self.torch, self.device, self.fp16, self.cuda_graphs = torch, torch.device(device), fp16, cuda_graphs
+        self.model = DeployableSurrogate(surrogate, "float-nchw").eval().to(self.device)
+        self.info = ModelInfo(surrogate.config, "float-nchw", max_batch, "fp16" if fp16 else "fp32", path,
+                              {"backend": "torch", "device": str(self.device), "cuda_graphs": cuda_graphs})
+        self.lock = threading.Lock()
+        self.last_stage_ms: dict[str, float] = {}
+        self.pipeline = self._cuda_pipeline(slots) if self.device.type == "cuda" else None
+
+    def _forward(self, images):
+        torch = self.torch
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+            return self.model(images)
+
+    def _cuda_pipeline(self, slots: int):
+        from akd.runtime.cuda import OutputSpec, SlotPipeline, TorchCuda
+
+        torch = self.torch
+        height, width = self.info.size
+        classes = len(self.info.config["classes"])
+        specs = {"saliency": OutputSpec((1, height, width), np.float32), "logits": OutputSpec((classes,), np.float32),
+                 "class_id": OutputSpec((), np.int32), "score": OutputSpec((), np.float32)}
+        dtypes = {"saliency": torch.float32, "logits": torch.float32, "class_id": torch.int32, "score": torch.float32}
+        max_batch = self.info.max_batch
+
+        def views(slot):
+            images = slot.device_in.view(torch.float32).view(max_batch, 3, height, width)
+            outs = {name: slot.device_out[name].view(dtypes[name]).view(max_batch, *specs[name].shape)
+                    for name in OUTPUTS}
+            return images, outs
+
+        def prepare(slot) -> None:
+            if not self.cuda_graphs:
+                return
+            images, outs = views(slot)
+            images.zero_()
+            with torch.cuda.stream(slot.stream):
+                for _ in range(2):  # warm up kernels and allocator on the capture stream
+                    self._forward(images)
+                graph = torch.cuda.CUDAGraph()
+                with torch.cuda.graph(graph, stream=slot.stream):
+                    for name, value in zip(OUTPUTS, self._forward(images), strict=True):
+                        outs[name].copy_(value)
+            slot.state["graph"] = graph
+
+        def compute(slot, n: int) -> None:
+            images, outs = views(slot)
+            with torch.cuda.stream(slot.stream):
+                if "graph" in slot.state:
+                    slot.state["graph"].replay()  # fixed shape: rows past n are stale and never copied back
+                    return
+                for name, value in zip(OUTPUTS, self._forward(images[:n]), strict=True):
+                    outs[name][:n].copy_(value)
+
+        return SlotPipeline(TorchCuda(self.device.index or 0), max_batch, (3, height, width), np.float32, specs,
+                            compute, slots=slots, prepare=prepare)
+
+    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+        if self.pipeline is not None:
+            outputs = self.pipeline.infer(np.ascontiguousarray(batch, dtype=np.float32))
+            self.last_stage_ms = dict(self.pipeline.last_stage_ms)
+            return outputs
+        started = time.perf_counter()
+        with self.lock:
+            values = self._forward(self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+        self.last_stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
+        return {name: value.numpy() for name, value in zip(OUTPUTS, values, strict=True)}
+
+    def run(self, batches):
+        """Overlapped stream of results on CUDA (copies of one batch under the compute of another)."""
+        if self.pipeline is None:
+            yield from (self.infer(batch) for batch in batches)
+            return
+        yield from self.pipeline.run(np.ascontiguousarray(b, dtype=np.float32) for b in batches)
+
+    def close(self) -> None:
+        self.model = None
