@@ -209,6 +209,7 @@ def test_include_target_fuses_the_target_decision(tmp_path):
 
     from akd.models.surrogate import Surrogate, save_checkpoint
     from akd.util import sha256_file
+
     from conftest import tiny_surrogate_config
 
     torch.manual_seed(0)

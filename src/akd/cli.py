@@ -177,11 +177,87 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--fit", default="letterbox", choices=["letterbox", "crop", "stretch"],
+                        help="how frames meet the model input (default letterbox: whole frame, aspect kept)")
+
+
+def _open_engine(args: argparse.Namespace):
+    from akd.runtime import SaliencyEngine
+
+    options = {} if args.device == "auto" or args.backend == "tensorrt" else {"device": args.device}
+    return SaliencyEngine.load(args.model, backend=args.backend, fit=args.fit, **options)
+
+
+def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders and videos")
+    parser.add_argument("--model", help=".onnx, .engine or .safetensors (default: the shipped surrogate)")
+    parser.add_argument("--out", default="akd-explain-out", help="output folder (default: akd-explain-out)")
+    parser.add_argument("--maps", choices=["npy", "png", "both"], help="also save raw saliency maps")
+    parser.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of the previous map for videos")
+    parser.add_argument("--batch-size", type=_positive_int, default=1, help="frames per inference for videos")
+    parser.add_argument("--no-progress", action="store_true")
+    _add_engine_arguments(parser)
+
+
+def run_explain(args: argparse.Namespace) -> int:
+    from akd.runtime.explain import explain_inputs
+
+    with _open_engine(args) as engine:
+        summary = explain_inputs(engine, args.inputs, args.out, args.maps, args.smoothing, args.batch_size,
+                                 progress=not args.no_progress)
+    print(f"akd-explain: {summary.line()}; wrote {len(summary.written)} files to {args.out}")
+    return 0
+
+
+def _batch_list(text: str) -> list[int]:
+    try:
+        values = [int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated batch sizes, got '{text}'") from None
+    if not values or min(values) < 1:
+        raise argparse.ArgumentTypeError(f"batch sizes must be positive, got '{text}'")
+    return values
+
+
+def _frame_size(text: str) -> tuple[int, int]:
+    match = text.lower().split("x")
+    if len(match) != 2 or not all(v.isdigit() and int(v) > 0 for v in match):
+        raise argparse.ArgumentTypeError(f"expected WIDTHxHEIGHT, got '{text}'")
+    return int(match[1]), int(match[0])
+
+
+def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("model", metavar="MODEL", help=".onnx, .engine or .safetensors")
+    parser.add_argument("--batch", type=_batch_list, default=[1, 8, 32], metavar="1,8,32")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--iters", type=_positive_int, default=30)
+    parser.add_argument("--frame-size", type=_frame_size, default=(480, 640), metavar="WxH",
+                        help="size of the synthetic uint8 frames (default 640x480)")
+    parser.add_argument("--json", metavar="OUT", help="write the full report as JSON")
+    _add_engine_arguments(parser)
+
+
+def run_profile(args: argparse.Namespace) -> int:
+    from akd.profile import format_report, profile, write_json
+
+    with _open_engine(args) as engine:
+        report = profile(engine, args.batch, args.warmup, args.iters, args.frame_size)
+    print(format_report(report))
+    if args.json:
+        write_json(report, args.json)
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("distil a target classifier into an attentive surrogate", add_train_arguments, run_train),
     "export": ("write the fused ONNX graph (fp32/fp16/int8) and TensorRT engines", add_export_arguments, run_export),
     "calibrate": ("quantize an fp32 akd graph to INT8 Q/DQ with a drift gate", add_calibrate_arguments,
                   run_calibrate),
+    "explain": ("saliency overlays for images, folders and videos", add_explain_arguments, run_explain),
+    "profile": ("fps, latency percentiles and per-stage times of a model", add_profile_arguments, run_profile),
 }
 
 
@@ -230,6 +306,14 @@ def export_main(argv: list[str] | None = None) -> int:
 
 def calibrate_main(argv: list[str] | None = None) -> int:
     return _run("akd-calibrate", "calibrate", argv)
+
+
+def explain_main(argv: list[str] | None = None) -> int:
+    return _run("akd-explain", "explain", argv)
+
+
+def profile_main(argv: list[str] | None = None) -> int:
+    return _run("akd-profile", "profile", argv)
 
 
 if __name__ == "__main__":

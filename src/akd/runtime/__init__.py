@@ -1,0 +1,5 @@
+"""Real-time saliency: ``SaliencyEngine`` over onnxruntime, TensorRT or torch backends, plus video helpers."""
+
+from akd.runtime.engine import Result, SaliencyEngine
+
+__all__ = ["Result", "SaliencyEngine"]

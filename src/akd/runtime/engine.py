@@ -1,0 +1,158 @@
+"""``SaliencyEngine``: frames in (uint8 HxWx3, any size, BGR by default), per-frame saliency at frame resolution,
+class id, label and score out - over any backend.
+
+Resize/crop policy: ``fit="letterbox"`` by default (aspect kept, mean-colour padding, the whole frame explained);
+``"crop"`` reproduces the model's training preprocessing; ``"stretch"`` scales each axis. The saliency is mapped
+back through the same affine placement (see ``akd.runtime.geometry``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from akd.runtime.backends import ModelInfo, Runner, open_runner
+from akd.runtime.geometry import FITS, Placement, place, to_frame, to_model
+from akd.util import AkdError
+
+
+@dataclass
+class Result:
+    saliency: np.ndarray  # (H, W) float32 in [0,1], at the frame's resolution
+    class_id: int
+    label: str
+    score: float
+    saliency_model: np.ndarray | None = None  # (h, w) at model resolution, when asked for
+    placement: Placement | None = field(default=None, repr=False)
+
+
+def default_model() -> str:
+    """The model ``SaliencyEngine.load()`` uses when none is given: the surrogate shipped inside the package."""
+    from importlib import resources
+
+    shipped = resources.files("akd").joinpath("data/efficientnet_lite0_surrogate.safetensors")
+    if not shipped.is_file():
+        raise AkdError("no model given and this akd build ships no default surrogate; pass a .onnx, .engine or "
+                       ".safetensors model")
+    return str(shipped)
+
+
+class SaliencyEngine:
+    """One loaded model; thread-safe (backends serialise or are re-entrant), reusable for images and video."""
+
+    def __init__(self, runner: Runner, fit: str = "letterbox", color: str = "bgr"):
+        if fit not in FITS:
+            raise AkdError(f"fit must be one of {', '.join(FITS)}, not '{fit}'")
+        if color not in ("bgr", "rgb"):
+            raise AkdError(f"color must be 'bgr' or 'rgb', not '{color}'")
+        self.runner, self.fit, self.color = runner, fit, color
+        info: ModelInfo = runner.info
+        self.info = info
+        self.classes = list(info.config["classes"])
+        pre = info.config["preprocessing"]
+        self.mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
+        self.std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
+        self.crop_pct = float(pre.get("crop_pct", 0.875))
+        self.pad_rgb = tuple(int(round(m * 255)) for m in pre["mean"])
+        self.stage_ms: dict[str, float] = {}
+
+    @classmethod
+    def load(cls, model: str | None = None, backend: str = "auto", device: str = "auto", fit: str = "letterbox",
+             color: str = "bgr", **options) -> SaliencyEngine:
+        """``model``: a fused .onnx graph, a TensorRT .engine (with its sidecar) or a .safetensors surrogate."""
+        return cls(open_runner(model or default_model(), backend, device, **options), fit, color)
+
+    # ---- frames -> model batch ------------------------------------------------------------------------
+    def _check(self, frame, index: int) -> np.ndarray:
+        if not isinstance(frame, np.ndarray):
+            raise AkdError(f"frame {index}: expected a numpy array, got {type(frame).__name__}")
+        if frame.dtype != np.uint8:
+            nan = " (it contains NaN)" if np.issubdtype(frame.dtype, np.floating) and np.isnan(frame).any() else ""
+            raise AkdError(f"frame {index}: expected uint8 pixels, got {frame.dtype}{nan}")
+        if frame.ndim != 3 or frame.shape[2] != 3:
+            raise AkdError(f"frame {index}: expected shape HxWx3, got {frame.shape}")
+        if frame.shape[0] == 0 or frame.shape[1] == 0:
+            raise AkdError(f"frame {index}: empty frame {frame.shape}")
+        return frame
+
+    def preprocess(self, frames: Sequence[np.ndarray]) -> tuple[np.ndarray, list[Placement]]:
+        """Frames -> one batch in the model's input format, plus each frame's placement."""
+        placements, images = [], []
+        size = self.info.size
+        for index, frame in enumerate(frames):
+            frame = self._check(frame, index)
+            rgb = frame[..., ::-1] if self.color == "bgr" else frame
+            placement = place(frame.shape[:2], size, self.fit, self.crop_pct)
+            images.append(to_model(np.ascontiguousarray(rgb), placement, self.pad_rgb))
+            placements.append(placement)
+        batch = np.stack(images)
+        if self.info.input_format == "uint8-nhwc":
+            return batch, placements
+        normalised = (batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - self.mean) / self.std
+        return np.ascontiguousarray(normalised, dtype=np.float32), placements
+
+    def _results(self, outputs: dict[str, np.ndarray], placements: list[Placement],
+                 model_resolution: bool) -> list[Result]:
+        results = []
+        for index, placement in enumerate(placements):
+            saliency = outputs["saliency"][index, 0]
+            class_id = int(outputs["class_id"][index])
+            label = self.classes[class_id] if 0 <= class_id < len(self.classes) else str(class_id)
+            results.append(Result(to_frame(saliency, placement), class_id, label, float(outputs["score"][index]),
+                                  saliency.copy() if model_resolution else None, placement))
+        return results
+
+    def explain(self, frames: np.ndarray | Sequence[np.ndarray], model_resolution: bool = False
+                ) -> Result | list[Result]:
+        """One frame -> one Result; a list or (N,H,W,3) array -> a list, split into the model's maximum batch."""
+        single = isinstance(frames, np.ndarray) and frames.ndim == 3
+        batch_frames = [frames] if single else list(frames)
+        if not batch_frames:
+            raise AkdError("no frames given")
+        results: list[Result] = []
+        step = max(1, self.info.max_batch)
+        for start in range(0, len(batch_frames), step):
+            chunk = batch_frames[start:start + step]
+            t0 = time.perf_counter()
+            batch, placements = self.preprocess(chunk)
+            t1 = time.perf_counter()
+            outputs = self.runner.infer(batch)
+            t2 = time.perf_counter()
+            results += self._results(outputs, placements, model_resolution)
+            t3 = time.perf_counter()
+            self.stage_ms = {"preprocess": (t1 - t0) * 1e3, **self.runner.last_stage_ms,
+                             "infer_total": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+        return results[0] if single else results
+
+    __call__ = explain
+
+    # ---- video ------------------------------------------------------------------------------------------
+    def stream(self, source, smoothing: float = 0.0, live: bool | None = None, queue_size: int = 4,
+               batch_size: int = 1) -> Iterator[tuple[np.ndarray, Result]]:
+        """Frames of a video file, camera index, RTSP/GStreamer string or image folder, with their results.
+
+        Decoding and inference run in separate threads with bounded queues; live sources (cameras, streams)
+        drop the oldest frame instead of blocking. ``smoothing`` in [0,1) is the EMA weight of the previous map.
+        """
+        from akd.runtime.video import Source, explain_stream, open_source
+
+        opened = source if isinstance(source, Source) else open_source(source, live)
+        yield from explain_stream(self, opened, smoothing, queue_size, batch_size)
+
+    def overlay(self, frame: np.ndarray, result: Result, alpha: float = 0.45, colormap: int | None = None,
+                caption: bool = True) -> np.ndarray:
+        from akd.runtime.video import overlay
+
+        return overlay(frame, result, alpha, colormap, caption, self.color)
+
+    def close(self) -> None:
+        self.runner.close()
+
+    def __enter__(self) -> SaliencyEngine:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

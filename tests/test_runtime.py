@@ -1,0 +1,334 @@
+import threading
+
+import cv2
+import numpy as np
+import pytest
+
+from akd.runtime import SaliencyEngine
+from akd.runtime.backends import ModelInfo
+from akd.runtime.geometry import place, to_frame, to_model
+from akd.util import AkdError
+
+from conftest import tiny_surrogate_config
+
+
+class BrightnessRunner:
+    """A fake backend: saliency = normalised brightness of the model input, class = 0. Lets geometry be tested
+    independently of any network."""
+
+    def __init__(self, size=64, input_format="float-nchw", max_batch=32):
+        config = tiny_surrogate_config(size=size)
+        self.info = ModelInfo(config, input_format, max_batch, "fp32", "fake")
+        self.last_stage_ms = {}
+        self.calls = []
+
+    def infer(self, batch):
+        self.calls.append(len(batch))
+        if self.info.input_format == "uint8-nhwc":
+            brightness = batch.astype(np.float32).mean(axis=3) / 255.0
+        else:
+            brightness = (batch * 0.25 + 0.5).mean(axis=1)
+        n = len(batch)
+        return {"saliency": brightness[:, None].astype(np.float32), "logits": np.zeros((n, 10), np.float32),
+                "class_id": np.zeros(n, np.int32), "score": np.ones(n, np.float32)}
+
+    def close(self):
+        pass
+
+
+def _corner_frame(h=240, w=400, corner="top-right"):
+    frame = np.zeros((h, w, 3), np.uint8)
+    ys = slice(0, h // 4) if corner.startswith("top") else slice(3 * h // 4, h)
+    xs = slice(3 * w // 4, w) if corner.endswith("right") else slice(0, w // 4)
+    frame[ys, xs] = 255
+    return frame, ys, xs
+
+
+@pytest.mark.parametrize("fit", ["letterbox", "stretch"])
+@pytest.mark.parametrize("corner", ["top-right", "bottom-left"])
+def test_saliency_is_projected_back_onto_the_frame(fit, corner):
+    engine = SaliencyEngine(BrightnessRunner(), fit=fit)
+    frame, ys, xs = _corner_frame(corner=corner)
+    result = engine.explain(frame)
+    assert result.saliency.shape == frame.shape[:2]
+    inside = result.saliency[ys, xs].mean()
+    outside = np.delete(result.saliency.reshape(-1), np.flatnonzero(frame[..., 0].reshape(-1))).mean()
+    assert inside > 0.9 and outside < 0.1
+    peak_y, peak_x = np.unravel_index(np.argmax(cv2.blur(result.saliency, (15, 15))), result.saliency.shape)
+    assert ys.start <= peak_y < ys.stop and xs.start <= peak_x < xs.stop
+
+
+def test_crop_policy_zeroes_what_the_model_never_saw():
+    engine = SaliencyEngine(BrightnessRunner(), fit="crop")
+    frame = np.full((100, 300, 3), 255, np.uint8)
+    result = engine.explain(frame, model_resolution=True)
+    assert result.saliency_model.shape == (64, 64)
+    assert result.saliency[:, :60].max() == 0 and result.saliency[:, -60:].max() == 0  # cropped away
+    assert result.saliency[10:90, 120:180].min() > 0.9  # the centre crop (rows 7..94, columns 107..194)
+
+
+def test_placement_round_trip_is_consistent():
+    frame = (np.random.default_rng(0).random((90, 160)) * 255).astype(np.uint8)
+    frame = cv2.GaussianBlur(frame, (0, 0), 6)
+    rgb = np.repeat(frame[..., None], 3, axis=2)
+    for fit in ("letterbox", "stretch"):
+        placement = place(frame.shape, (64, 64), fit)
+        model = to_model(rgb, placement, (0, 0, 0))[..., 0].astype(np.float32)
+        back = to_frame(model, placement)
+        assert np.abs(back - frame).mean() < 6.0, fit
+
+
+def test_uint8_graph_input_and_rgb_frames():
+    runner = BrightnessRunner(input_format="uint8-nhwc")
+    engine = SaliencyEngine(runner, color="rgb")
+    frame, ys, xs = _corner_frame()
+    batch, _ = engine.preprocess([frame])
+    assert batch.dtype == np.uint8 and batch.shape == (1, 64, 64, 3)
+    assert engine.explain(frame).saliency[ys, xs].mean() > 0.9
+
+
+def test_batches_are_split_to_the_model_maximum():
+    runner = BrightnessRunner(max_batch=3)
+    engine = SaliencyEngine(runner)
+    frames = [_corner_frame(h=50 + 10 * i, w=80)[0] for i in range(7)]
+    results = engine.explain(frames)
+    assert runner.calls == [3, 3, 1] and len(results) == 7
+    for frame, result in zip(frames, results, strict=True):
+        assert result.saliency.shape == frame.shape[:2]
+        np.testing.assert_allclose(result.saliency, engine.explain(frame).saliency, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad,fragment", [
+    (np.zeros((10, 10, 3), np.float32), "expected uint8"),
+    (np.full((10, 10, 3), np.nan, np.float32), "NaN"),
+    (np.zeros((10, 10), np.uint8), "HxWx3"),
+    (np.zeros((0, 10, 3), np.uint8), "empty"),
+    ("not a frame", "numpy array"),
+])
+def test_bad_frames_are_clear_errors(bad, fragment):
+    with pytest.raises(AkdError, match=fragment):
+        SaliencyEngine(BrightnessRunner()).explain([bad])
+    with pytest.raises(AkdError, match="no frames"):
+        SaliencyEngine(BrightnessRunner()).explain([])
+
+
+@pytest.fixture(scope="module")
+def exported(tiny_checkpoint, tmp_path_factory):
+    from akd.export.exporter import ExportOptions, export
+
+    out = tmp_path_factory.mktemp("runtime") / "tiny.onnx"
+    export(ExportOptions(str(tiny_checkpoint), str(out), precision="fp32", verify=False))
+    return out
+
+
+def _frames(count, seed=0):
+    rng = np.random.default_rng(seed)
+    return [cv2.GaussianBlur(rng.integers(0, 255, (120 + 8 * i, 160, 3), dtype=np.uint8), (0, 0), 3)
+            for i in range(count)]
+
+
+def test_onnxruntime_and_torch_backends_agree(tiny_checkpoint, exported):
+    frames = _frames(4)
+    onnx_results = SaliencyEngine.load(str(exported)).explain(frames)
+    torch_results = SaliencyEngine.load(str(tiny_checkpoint), device="cpu").explain(frames)
+    for a, b in zip(onnx_results, torch_results, strict=True):
+        np.testing.assert_allclose(a.saliency, b.saliency, atol=1e-4)
+        assert a.class_id == b.class_id and a.label == b.label and a.score == pytest.approx(b.score, abs=1e-4)
+
+
+@pytest.mark.parametrize("which", ["onnx", "torch"])
+def test_one_engine_shared_by_eight_threads(tiny_checkpoint, exported, which):
+    engine = SaliencyEngine.load(str(exported if which == "onnx" else tiny_checkpoint))
+    frames = _frames(16, seed=3)
+    expected = [engine.explain(f) for f in frames]
+    got: dict[int, object] = {}
+
+    def work(worker):
+        for index in range(worker, len(frames), 8):
+            got[index] = engine.explain(frames[index])
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, result in enumerate(expected):
+        np.testing.assert_array_equal(got[index].saliency, result.saliency)
+        assert got[index].class_id == result.class_id
+
+
+def _write_clip(path, frames=20, size=(160, 120)):
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), 10, size)
+    for index in range(frames):
+        frame = np.zeros((size[1], size[0], 3), np.uint8)
+        cv2.circle(frame, (10 + index * 6, 60), 15, (255, 255, 255), -1)
+        writer.write(frame)
+    writer.release()
+
+
+def test_video_stream_round_trip_and_smoothing(exported, tmp_path):
+    clip = tmp_path / "clip.avi"
+    _write_clip(clip)
+    engine = SaliencyEngine.load(str(exported))
+    pairs = list(engine.stream(str(clip)))
+    assert len(pairs) == 20 and all(r.saliency.shape == (120, 160) for _, r in pairs)
+    raw = [r.saliency for _, r in engine.stream(str(clip), batch_size=4)]
+    smooth = [r.saliency for _, r in engine.stream(str(clip), smoothing=0.8)]
+    np.testing.assert_allclose(raw[0], smooth[0], atol=1e-6)
+    np.testing.assert_allclose(smooth[1], 0.8 * smooth[0] + 0.2 * raw[1], atol=1e-5)
+    assert np.abs(np.diff(smooth, axis=0)).mean() < np.abs(np.diff(raw, axis=0)).mean()
+
+
+def test_stream_memory_stays_flat_over_2000_frames():
+    engine = SaliencyEngine(BrightnessRunner())
+    from akd.runtime.video import Source, explain_stream
+
+    frame = np.zeros((480, 640, 3), np.uint8)
+
+    def rss_mb():
+        with open("/proc/self/statm") as handle:
+            return int(handle.read().split()[1]) * 4096 / 1e6
+
+    source = Source("synthetic", ((i, frame) for i in range(2000)), 30.0, live=False)
+    baseline = None
+    for index, _ in enumerate(explain_stream(engine, source)):
+        if index == 200:
+            baseline = rss_mb()
+    assert rss_mb() - baseline < 40
+
+
+def test_live_source_drops_oldest_frames():
+    import time
+
+    from akd.runtime.video import Source, explain_stream
+
+    class SlowRunner(BrightnessRunner):
+        def infer(self, batch):
+            time.sleep(0.02)
+            return super().infer(batch)
+
+    frames = ((i, np.full((32, 32, 3), i % 255, np.uint8)) for i in range(300))
+    source = Source("live", frames, 30.0, live=True)
+    seen = sum(1 for _ in explain_stream(SaliencyEngine(SlowRunner()), source, queue_size=2))
+    assert seen < 300 and source.counters["dropped"] == 300 - seen
+
+
+def test_akd_explain_cli(exported, tmp_path, capsys):
+    from akd.cli import explain_main
+
+    good = tmp_path / "in" / "good.png"
+    good.parent.mkdir()
+    cv2.imwrite(str(good), _frames(1)[0])
+    (tmp_path / "in" / "corrupt.jpg").write_bytes(b"\xff\xd8 not really a jpeg")
+    (tmp_path / "in" / "broken.mp4").write_bytes(b"not a video")
+    _write_clip(tmp_path / "in" / "clip.avi", frames=12)
+    out = tmp_path / "out"
+    code = explain_main([str(tmp_path / "in"), str(tmp_path / "missing.png"), "--model", str(exported), "--out",
+                         str(out), "--maps", "npy", "--no-progress"])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "13 frames (1 images, 1 videos)" in captured.out and "skipped 3 inputs" in captured.out
+    assert (out / "good.overlay.png").is_file() and np.load(out / "good.saliency.npy").shape == (120, 160)
+    video = cv2.VideoCapture(str(out / "clip.overlay.mp4"))
+    assert int(video.get(cv2.CAP_PROP_FRAME_COUNT)) == 12 and int(video.get(cv2.CAP_PROP_FRAME_WIDTH)) == 160
+    assert len(list((out / "clip.saliency").iterdir())) == 12
+    assert not (out / "broken.overlay.mp4").exists()
+
+
+def test_akd_explain_and_profile_errors(tmp_path, capsys):
+    from akd.cli import explain_main, profile_main
+
+    assert explain_main(["x.png", "--model", str(tmp_path / "nope.onnx"), "--no-progress"]) == 2
+    assert "model not found" in capsys.readouterr().err
+    assert profile_main([str(tmp_path / "m.txt")]) == 2
+    assert "unknown model type" in capsys.readouterr().err
+    assert profile_main(["m.onnx", "--batch", "0"]) == 2
+    assert "positive" in capsys.readouterr().err
+
+
+def test_akd_profile_cli(exported, tmp_path, capsys):
+    import json
+
+    from akd.cli import profile_main
+
+    report = tmp_path / "profile.json"
+    code = profile_main([str(exported), "--batch", "1,2", "--iters", "3", "--warmup", "1", "--frame-size", "320x240",
+                         "--json", str(report)])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert "batch   1:" in out and "p99" in out
+    data = json.loads(report.read_text())
+    assert [row["batch"] for row in data["results"]] == [1, 2]
+    assert {"preprocess", "compute", "postprocess"} <= set(data["results"][0]["stage_ms"])
+    assert data["environment"]["onnxruntime"]
+
+
+def test_slot_pipeline_keeps_order_and_bounds_in_flight():
+    from akd.runtime.cuda import OutputSpec, SlotPipeline
+
+    class FakeCuda:
+        """Synchronous stand-in for a CUDA binding; counts batches in flight."""
+
+        name = "fake"
+
+        def __init__(self):
+            self.in_flight, self.max_in_flight = 0, 0
+
+        def pinned(self, shape, dtype):
+            return np.zeros(shape, dtype)
+
+        def device(self, nbytes):
+            return bytearray(nbytes)
+
+        def pointer(self, buffer):
+            return id(buffer)
+
+        def stream(self):
+            return {"busy": False}
+
+        def h2d(self, device, host, stream):
+            device[: host.nbytes] = host.tobytes()
+            self.in_flight += 1
+            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+
+        def d2h(self, host, device, stream):
+            host[...] = np.frombuffer(bytes(device[: host.nbytes]), host.dtype).reshape(host.shape)
+
+        def event(self):
+            return [0.0]
+
+        def record(self, event, stream):
+            event[0] = float(len(stream))
+
+        def synchronize(self, stream):
+            self.in_flight -= 1
+
+        def elapsed_ms(self, start, end):
+            return 0.0
+
+    api = FakeCuda()
+
+    def compute(slot, n):  # "kernel": output = 2 * input
+        data = np.frombuffer(bytes(slot.device_in[: n * 4 * 3]), np.float32).reshape(n, 3)
+        slot.device_out["y"][: n * 12] = (2 * data).astype(np.float32).tobytes()
+
+    pipeline = SlotPipeline(api, 4, (3,), np.float32, {"y": OutputSpec((3,), np.float32)}, compute, slots=2)
+    batches = [np.full((1 + i % 4, 3), i, np.float32) for i in range(9)]
+    results = list(pipeline.run(batches))
+    assert api.max_in_flight == 2
+    for batch, result in zip(batches, results, strict=True):
+        np.testing.assert_array_equal(result["y"], 2 * batch)
+    np.testing.assert_array_equal(pipeline.infer(batches[3])["y"], 2 * batches[3])
+
+
+cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
+
+
+@cuda
+def test_torch_cuda_pipeline_matches_cpu(tiny_checkpoint, exported):
+    frames = _frames(6)
+    reference = SaliencyEngine.load(str(exported)).explain(frames)
+    for options in ({}, {"fp16": True}, {"cuda_graphs": True}):
+        got = SaliencyEngine.load(str(tiny_checkpoint), device="cuda", max_batch=4, **options).explain(frames)
+        for a, b in zip(reference, got, strict=True):
+            np.testing.assert_allclose(a.saliency, b.saliency, atol=2e-2 if options else 1e-3)
