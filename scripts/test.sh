@@ -4,5 +4,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks scripts
-.venv/bin/mypy --ignore-missing-imports --follow-imports=silent --check-untyped-defs src/akd/export/tensorrt.py
+.venv/bin/mypy --ignore-missing-imports --follow-imports=silent --check-untyped-defs src/akd/export/tensorrt.py \
+    src/akd/runtime/backends/tensorrt.py
 .venv/bin/python -m pytest -q "$@"

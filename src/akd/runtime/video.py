@@ -266,3 +266,20 @@ class ThreadedWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+
+def demo_clip(path: str | Path, frames: int = 150, size: tuple[int, int] = (640, 480), fps: float = 30.0) -> Path:
+    """A sample video with no download: a camera panning over scikit-image's bundled astronaut photo."""
+    import skimage.data
+
+    width, height = size
+    photo = cv2.resize(cv2.cvtColor(skimage.data.astronaut(), cv2.COLOR_RGB2BGR), (2 * width, 2 * height))
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (width, height))
+    for index in range(frames):
+        x = int(width / 2 * (1 + np.sin(index / 25)))
+        y = int(height / 2 * (1 + np.cos(index / 31)))
+        writer.write(np.ascontiguousarray(photo[y:y + height, x:x + width]))
+    writer.release()
+    return path
