@@ -332,3 +332,16 @@ def test_torch_cuda_pipeline_matches_cpu(tiny_checkpoint, exported):
         got = SaliencyEngine.load(str(tiny_checkpoint), device="cuda", max_batch=4, **options).explain(frames)
         for a, b in zip(reference, got, strict=True):
             np.testing.assert_allclose(a.saliency, b.saliency, atol=2e-2 if options else 1e-3)
+
+
+def test_cuda_python_binding_reports_cuda_errors_clearly():
+    """Without a GPU driver, the real cuda-python calls fail - as a one-line AkdError naming the CUDA error."""
+    pytest.importorskip("cuda.bindings")
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    from akd.runtime.cuda import CudaPython
+
+    with pytest.raises(AkdError, match="CUDA error"):
+        CudaPython().pinned((2, 3), np.float32)

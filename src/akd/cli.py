@@ -146,15 +146,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run_export(args: argparse.Namespace) -> int:
     from akd.export.exporter import ExportOptions, export, summarize
+    from akd.export.tensorrt import EngineOptions
 
     written = export(ExportOptions(
         checkpoint=args.checkpoint, out=args.out, precision=args.precision, format=args.format,
         input_format=args.input_format, include_target=args.include_target, verify=not args.no_verify,
         parity_data=args.parity_data, calib_data=args.calib_data, num_images=args.num_images,
         calibration_method=args.calibration_method, int8_target=args.int8_target, max_drift=args.max_drift,
-        cache_dir=args.cache_dir, batch=args.batch, workspace_mb=args.workspace, timing_cache=args.timing_cache,
-        dla_core=args.dla_core, version_compatible=args.version_compatible,
-        hardware_compatibility=args.hardware_compatibility, force=args.force))
+        cache_dir=args.cache_dir, force=args.force,
+        engine=EngineOptions(batch=args.batch, workspace_mb=args.workspace, timing_cache=args.timing_cache,
+                             dla_core=args.dla_core, version_compatible=args.version_compatible,
+                             hardware_compatibility=args.hardware_compatibility)))
     print(f"akd-export: wrote {summarize(written)}")
     return 0
 

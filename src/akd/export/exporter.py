@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +24,7 @@ from akd.export.graph import (
     save_model,
     set_metadata,
 )
+from akd.export.tensorrt import EngineOptions
 from akd.util import AkdError, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -46,12 +47,7 @@ class ExportOptions:
     int8_target: str | None = None
     max_drift: float = 0.03
     cache_dir: str | None = None
-    batch: tuple[int, int, int] = (1, 8, 32)
-    workspace_mb: int = 2048
-    timing_cache: str | None = None
-    dla_core: int | None = None
-    version_compatible: bool = False
-    hardware_compatibility: str = "none"
+    engine: EngineOptions = field(default_factory=EngineOptions)  # TensorRT build settings
     force: bool = False
 
 
@@ -134,13 +130,11 @@ def export(options: ExportOptions) -> list[Path]:
     written = [onnx_path]
     _print_report(report)
     if wants_engine:
-        from akd.export.tensorrt import EngineOptions, build_engine
+        from akd.export.tensorrt import build_engine
 
-        written += build_engine(onnx_path, engine_path, EngineOptions(
-            precision=options.precision, batch=options.batch, workspace_mb=options.workspace_mb,
-            timing_cache=options.timing_cache, dla_core=options.dla_core,
-            version_compatible=options.version_compatible, hardware_compatibility=options.hardware_compatibility,
-            calib_data=options.calib_data, num_images=options.num_images))
+        written += build_engine(onnx_path, engine_path, replace(
+            options.engine, precision=options.precision, calib_data=options.calib_data,
+            num_images=options.num_images))
     return written
 
 
