@@ -73,3 +73,17 @@ def test_destruction_loss_is_probability_of_target_class():
     judged = torch.tensor([[1.0, 0.0, 0.0]])
     target = torch.tensor([[0.0, 5.0, 0.0]])
     assert losses.destruction_loss(judged, target).item() == pytest.approx(torch.softmax(judged, 1)[0, 1].item())
+
+
+def test_substrates_and_blend():
+    images = torch.zeros(1, 3, 32, 32)
+    images[..., 8:24, 8:24] = 1.0
+    assert torch.equal(losses.substrate(images, "zeros"), torch.zeros_like(images))
+    blurred = losses.substrate(images, "blur")
+    assert blurred.shape == images.shape and 0 < blurred[0, 0, 8, 16] < 1 and blurred[0, 0, 6, 16] > 0.01
+    keep = torch.zeros(1, 1, 32, 32)
+    keep[..., :16] = 1
+    mixed = losses.blend(images, blurred, keep)
+    assert torch.equal(mixed[..., :16], images[..., :16]) and torch.equal(mixed[..., 16:], blurred[..., 16:])
+    with pytest.raises(ValueError, match="substrate"):
+        losses.substrate(images, "noise")

@@ -37,6 +37,30 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, labels: 
     return alpha * kl + (1 - alpha) * ce
 
 
+SUBSTRATES = ("zeros", "blur")
+
+
+def substrate(images: torch.Tensor, kind: str) -> torch.Tensor:
+    """What replaces the pixels an explanation leaves out. ``zeros`` is the mean colour in normalised space, as
+    eq. 9 writes it (H * x). ``blur`` is a heavy Gaussian blur of the image itself: removing a region then
+    removes its detail without pasting an unnatural flat patch, which a target reacts to wherever it appears -
+    with the zeros substrate that reaction pushes every pixel of H towards 1 (measured: all-ones maps)."""
+    if kind == "zeros":
+        return torch.zeros_like(images)
+    if kind == "blur":
+        from torchvision.transforms.functional import gaussian_blur
+
+        sigma = max(images.shape[-2:]) / 22.0
+        size = int(2 * round(3 * sigma) + 1)
+        return gaussian_blur(images, [size, size], [sigma, sigma])
+    raise ValueError(f"substrate must be one of {', '.join(SUBSTRATES)}, not '{kind}'")
+
+
+def blend(images: torch.Tensor, substrate_images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """keep * x + (1 - keep) * substrate; with the zeros substrate this is the paper's H (.) x."""
+    return keep * images + (1 - keep) * substrate_images
+
+
 def explanation_loss(judge_logits_on_masked: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
     """KL(softmax(z_T(x)) || softmax(z_J(H (.) x)))  (eq. 9): the explanation alone must keep the prediction."""
     return F.kl_div(F.log_softmax(judge_logits_on_masked, dim=1), F.log_softmax(teacher_logits.detach(), dim=1),

@@ -18,7 +18,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STAGES = ("student", "explainer", "joint")
-REQUIRED = ("alpha", "temperature", "sparsity", "destruction", "momentum", "nesterov", "weight_decay",
+REQUIRED = ("alpha", "temperature", "sparsity", "destruction", "substrate", "momentum", "nesterov", "weight_decay",
             "batch_size", "freeze_bn", "pretrained_lr_scale", "stages")
 DEFAULT_RECIPE = "paper-imagenet"
 
@@ -51,6 +51,8 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
     missing = [key for key in REQUIRED if key not in recipe]
     if missing:
         raise AkdError(f"{source}: recipe misses {', '.join(missing)}")
+    if recipe["substrate"] not in ("zeros", "blur"):
+        raise AkdError(f"{source}: substrate must be 'zeros' or 'blur', not '{recipe['substrate']}'")
     for stage, spec in recipe["stages"].items():
         if stage not in STAGES:
             raise AkdError(f"{source}: unknown stage '{stage}' (stages: {', '.join(STAGES)})")

@@ -131,9 +131,10 @@ class DistillationStep(nn.Module):
             loss = loss + stats["kd"]
         if self.stage in ("explainer", "joint"):
             saliency = saliency.float()
-            judged = [saliency * images]
+            substrate = losses.substrate(images, recipe["substrate"])
+            judged = [losses.blend(images, substrate, saliency)]
             if recipe["destruction"] > 0:
-                judged.append((1 - saliency) * images)
+                judged.append(losses.blend(images, substrate, 1 - saliency))
             judge_logits = self._judge(torch.cat(judged)).float().split(len(images))
             stats["exp"] = losses.explanation_loss(judge_logits[0], teacher_logits)
             stats["sparsity"] = losses.sparsity_loss(saliency)
