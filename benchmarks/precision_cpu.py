@@ -58,7 +58,7 @@ def main() -> int:
         started = time.perf_counter()
         export(ExportOptions(args.checkpoint, str(paths[name]), precision=precision, calib_data=args.calib,
                              num_images=args.num_images, parity_data=args.heldout, force=True, max_drift=1.0,
-                             verify=precision != "int8", **extra))
+                             verify=precision == "fp32", **extra))  # drift of the others is printed below
         print(f"exported {name} in {time.perf_counter() - started:.0f} s: {paths[name]} "
               f"({paths[name].stat().st_size / 1e6:.1f} MB)", flush=True)
 

@@ -122,7 +122,8 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="SURROGATE.safetensors")
-    parser.add_argument("--precision", default="fp16", choices=["fp32", "fp16", "int8"])
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+                        help="fp32 (default: exact parity), fp16 (GPU), int8 (needs --calib-data)")
     parser.add_argument("--format", default="onnx", choices=["onnx", "engine", "all"],
                         help="onnx graph, TensorRT engine (+ .engine.json), or both (engine implies the graph)")
     parser.add_argument("--out", help="output .onnx path or folder (default: beside the checkpoint)")

@@ -35,7 +35,7 @@ FORMATS = ("onnx", "engine", "all")
 class ExportOptions:
     checkpoint: str
     out: str | None = None
-    precision: str = "fp16"
+    precision: str = "fp32"
     format: str = "onnx"
     input_format: str = "float-nchw"
     include_target: bool = False

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
+import cv2
 import numpy as np
 
 from akd.runtime.backends import ModelInfo, Runner, open_runner
@@ -53,8 +54,9 @@ class SaliencyEngine:
         self.info = info
         self.classes = list(info.config["classes"])
         pre = info.config["preprocessing"]
-        self.mean = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1)
-        self.std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
+        std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
+        self.scale = 1.0 / (255.0 * std)  # normalised = pixel * scale - offset
+        self.offset = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1) / std
         self.crop_pct = float(pre.get("crop_pct", 0.875))
         self.pad_rgb = tuple(int(round(m * 255)) for m in pre["mean"])
         self.stage_ms: dict[str, float] = {}
@@ -82,17 +84,20 @@ class SaliencyEngine:
         """Frames -> one batch in the model's input format, plus each frame's placement."""
         placements, images = [], []
         size = self.info.size
+        pad = self.pad_rgb[::-1] if self.color == "bgr" else self.pad_rgb
         for index, frame in enumerate(frames):
             frame = self._check(frame, index)
-            rgb = frame[..., ::-1] if self.color == "bgr" else frame
             placement = place(frame.shape[:2], size, self.fit, self.crop_pct)
-            images.append(to_model(np.ascontiguousarray(rgb), placement, self.pad_rgb))
+            images.append(to_model(frame, placement, pad))  # colour order swapped on the small image below
             placements.append(placement)
-        batch = np.stack(images)
+        swap = self.color == "bgr"
         if self.info.input_format == "uint8-nhwc":
-            return batch, placements
-        normalised = (batch.transpose(0, 3, 1, 2).astype(np.float32) / 255.0 - self.mean) / self.std
-        return np.ascontiguousarray(normalised, dtype=np.float32), placements
+            batch = np.stack(images)
+            return (np.ascontiguousarray(batch[..., ::-1]) if swap else batch), placements
+        blob = cv2.dnn.blobFromImages(images, 1.0, swapRB=swap)  # NCHW float32 in one pass
+        blob *= self.scale
+        blob -= self.offset
+        return blob, placements
 
     def _results(self, outputs: dict[str, np.ndarray], placements: list[Placement],
                  model_resolution: bool) -> list[Result]:
