@@ -29,6 +29,7 @@ DEFAULT_MAX_DRIFT = 0.03  # the int8 parity limits: Pearson >= 0.98, class agree
 # module and measured far worse on the EfficientNet-Lite0 surrogate (saliency Pearson 0.91, class agreement 0.84
 # vs 0.997 and 0.98 with the default set, which is also faster).
 QUANTIZED_OPS = None
+CACHE_FORMAT = 2  # bump when what the calibrator records changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
 
 
@@ -93,8 +94,10 @@ class ImageCalibrationReader:
 
 
 def cache_file(cache_dir: Path, model_sha: str, data_fingerprint: str, method: str, flavour: str) -> Path:
-    """One file per key: a changed model, data set, method or flavour simply names another file."""
-    return Path(cache_dir) / f"{model_sha[:16]}-{data_fingerprint[:16]}-{method}-{flavour}.json"
+    """One file per key: a changed model, data set, method, flavour or quantizer setting (which tensors get
+    ranges) simply names another file, so a stale cache is never read."""
+    settings = hashlib.sha256(repr((QUANTIZED_OPS, CACHE_FORMAT)).encode()).hexdigest()[:8]
+    return Path(cache_dir) / f"{model_sha[:16]}-{data_fingerprint[:16]}-{method}-{flavour}-{settings}.json"
 
 
 def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[str, Any], input_format: str,

@@ -43,7 +43,7 @@ class ExportOptions:
     parity_data: str | None = None
     calib_data: str | None = None
     num_images: int = 512
-    calibration_method: str = "minmax"
+    calibration_method: str = "percentile"
     int8_target: str | None = None
     max_drift: float = 0.03
     cache_dir: str | None = None
