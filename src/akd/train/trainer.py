@@ -24,6 +24,7 @@ from akd.models.surrogate import TRAIN_STATE_PREFIX, Surrogate, read_checkpoint,
 from akd.models.teachers import Preprocessing, Teacher, load_teacher, teacher_init_state
 from akd.train import losses
 from akd.train.data import DistillationDataset, collate, data_summary, discover, shard_indices, transforms_for
+from akd.train.distributed import all_reduce_sum, barrier, init_distributed
 from akd.train.recipes import STAGES, learning_rate
 from akd.util import AkdError
 
@@ -55,45 +56,6 @@ class TrainOptions:
     video_stride: int = 10
     progress: bool = True
     command: str = ""
-
-
-@dataclass
-class Distributed:
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
-
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
-
-
-def init_distributed(device: torch.device) -> Distributed:
-    """Join the process group torchrun set up (gloo on CPU, nccl on GPU); a single process otherwise."""
-    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
-        return Distributed()
-    import torch.distributed as dist
-
-    if not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return Distributed(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", "0")))
-
-
-def _all_reduce_sum(values: list[float], env: Distributed, device: torch.device) -> list[float]:
-    if env.world == 1:
-        return values
-    import torch.distributed as dist
-
-    tensor = torch.tensor(values, dtype=torch.float64, device=device)
-    dist.all_reduce(tensor)
-    return tensor.tolist()
-
-
-def _barrier(env: Distributed) -> None:
-    if env.world > 1:
-        import torch.distributed as dist
-
-        dist.barrier()
 
 
 class DistillationStep(nn.Module):
@@ -315,7 +277,7 @@ class Trainer:
                 if env.main:
                     self._save(optimizer, stage, completed, scaler)
                     self._log_row(stage, epoch + 1, metrics)
-                _barrier(env)
+                barrier(env)
                 ran = True
         if not ran and env.main:
             print(f"akd-train: {options.out} already completed every stage; nothing to do", file=sys.stderr)
@@ -372,7 +334,7 @@ class Trainer:
                     totals[key] = totals.get(key, 0.0) + stats[key].item() * len(images)
             bar.set_postfix(loss=f"{loss.item():.4f}", agree=f"{totals['agree'] / totals['seen']:.3f}")
         keys = sorted(totals)
-        summed = dict(zip(keys, _all_reduce_sum([totals[k] for k in keys], env, self.device), strict=True))
+        summed = dict(zip(keys, all_reduce_sum([totals[k] for k in keys], env, self.device), strict=True))
         seen = max(summed["seen"], 1.0)
         metrics = {f"train_{k}": summed[k] / seen for k in keys if k not in ("seen", "skipped")}
         metrics.update(train_agreement=summed.pop("agree") / seen, train_images=int(summed["seen"]),
