@@ -120,8 +120,15 @@ def test_drift_gate_refuses_broken_calibration(tiny_checkpoint, photo_folder, tm
     out = tmp_path / "broken.int8.onnx"
     with pytest.raises(AkdError, match="drifts too far") as error:
         export(ExportOptions(str(tiny_checkpoint), str(out), precision="int8", calib_data=str(black),
-                             cache_dir=str(tmp_path / "cache"), parity_data=str(photo_folder)))
+                             calibration_method="minmax", cache_dir=str(tmp_path / "cache"),
+                             parity_data=str(photo_folder)))
     assert "saliency_pearson" in str(error.value) and not out.exists()
+    # histogram methods cannot even build ranges from flat images: a clear error, not a numpy traceback
+    with pytest.raises(AkdError, match="calibration failed with the percentile method"):
+        export(ExportOptions(str(tiny_checkpoint), str(out), precision="int8", calib_data=str(black),
+                             calibration_method="percentile", cache_dir=str(tmp_path / "cache"),
+                             parity_data=str(photo_folder)))
+    assert not out.exists()
 
 
 def test_parity_failure_writes_nothing_and_prints_table(tiny_checkpoint, tmp_path, monkeypatch):

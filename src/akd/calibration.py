@@ -124,13 +124,17 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
              "CalibStridedMinMax": stride}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
-    quantize_static(
-        fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-        per_channel=True, activation_type=QuantType.QInt8 if flavour == "tensorrt" else QuantType.QUInt8,
-        weight_type=QuantType.QInt8, calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                                       "entropy": CalibrationMethod.Entropy,
-                                                       "percentile": CalibrationMethod.Percentile}[method],
-        extra_options=extra, calibration_cache_path=str(cache) if cache else None)
+    try:
+        quantize_static(
+            fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+            per_channel=True, activation_type=QuantType.QInt8 if flavour == "tensorrt" else QuantType.QUInt8,
+            weight_type=QuantType.QInt8, calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                                           "entropy": CalibrationMethod.Entropy,
+                                                           "percentile": CalibrationMethod.Percentile}[method],
+            extra_options=extra, calibration_cache_path=str(cache) if cache else None)
+    except ValueError as exc:  # e.g. histogram calibrators on images with no variation
+        raise AkdError(f"calibration failed with the {method} method ({exc}); are the calibration images varied "
+                       "enough? Try more images or --calibration-method minmax") from None
     return {"flavour": flavour, "method": method, "images": len(data.samples), "skipped": reader.skipped,
             "cache": str(cache) if cache else None, "cache_hit": hit}
 
