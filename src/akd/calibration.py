@@ -62,9 +62,7 @@ class ImageCalibrationReader:
         from akd.models.teachers import Preprocessing
         from akd.train.data import transforms_for
 
-        pre = config["preprocessing"]
-        self.transform = transforms_for(Preprocessing(config["input_size"][0], tuple(pre["mean"]), tuple(pre["std"]),
-                                                      pre["crop_pct"]), train=False)
+        self.transform = transforms_for(Preprocessing.from_config(config), train=False)
         self.samples, self.config, self.input_format = samples, config, input_format
         self.start, self.end, self.position = 0, len(samples), 0
         self.skipped = 0

@@ -114,7 +114,9 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-method", default="percentile", choices=["minmax", "entropy", "percentile"],
                         help="percentile (default, 99.99th): best drift on the lite0 surrogate; minmax is fastest")
     parser.add_argument("--num-images", type=_positive_int, default=512, help="calibration images (default 512)")
-    parser.add_argument("--max-drift", type=float, default=0.03,
+    from akd.calibration import DEFAULT_MAX_DRIFT
+
+    parser.add_argument("--max-drift", type=float, default=DEFAULT_MAX_DRIFT,
                         help="refuse an INT8 model whose drift, max(1 - saliency Pearson, 1 - class agreement) on "
                              "held-out images, exceeds this (default 0.03)")
     parser.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/akd/calibration)")

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from akd.calibration import DEFAULT_MAX_DRIFT
 from akd.export import parity
 from akd.export.graph import (
     DeployableSurrogate,
@@ -45,7 +46,7 @@ class ExportOptions:
     num_images: int = 512
     calibration_method: str = "percentile"
     int8_target: str | None = None
-    max_drift: float = 0.03
+    max_drift: float = DEFAULT_MAX_DRIFT
     cache_dir: str | None = None
     engine: EngineOptions = field(default_factory=EngineOptions)  # TensorRT build settings
     force: bool = False
@@ -75,9 +76,7 @@ def _target_module(config: dict[str, Any]):
         raise AkdError("--include-target cannot trace a TorchScript target into the graph; distil from the "
                        "torchvision/timm name (with --teacher-weights) to fuse it")
     spec = identity.get("path") or identity["name"]
-    pre = config["preprocessing"]
-    teacher = load_teacher(spec, identity.get("weights"),
-                           Preprocessing(pre["input_size"], tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"]))
+    teacher = load_teacher(spec, identity.get("weights"), Preprocessing.from_config(config))
     if identity.get("sha256") and teacher.identity.get("sha256") != identity["sha256"]:
         raise AkdError(f"--include-target: {spec} is not the file this surrogate was distilled from (sha256 differs)")
     return teacher.module
@@ -111,15 +110,16 @@ def export(options: ExportOptions) -> list[Path]:
     fp32 = export_onnx(reference, config, options.input_format,
                        artifact_metadata(config, source_sha, "fp32", options.input_format, **extra))
     report: dict[str, Any] = {}
-    if options.verify:
-        report["fp32"] = _verify_against_torch(reference, fp32, config, options, "fp32")
+    images = parity.parity_images(config, options.parity_data) if options.verify else None
+    if images is not None:
+        report["fp32"] = _verify_against_torch(reference, fp32, config, options, "fp32", images)
     if options.precision == "fp32":
         model = fp32
     elif options.precision == "fp16":
         model = export_onnx(reference, config, options.input_format,
                             artifact_metadata(config, source_sha, "fp16", options.input_format, **extra), fp16=True)
-        if options.verify:
-            report["fp16"] = _verify_against_torch(reference, model, config, options, "fp16")
+        if images is not None:
+            report["fp16"] = _verify_against_torch(reference, model, config, options, "fp16", images)
     else:
         flavour = options.int8_target or ("tensorrt" if wants_engine else "cpu")
         model, report["int8"] = calibrate(fp32, config, options.input_format, options.calib_data, flavour,
@@ -138,8 +138,8 @@ def export(options: ExportOptions) -> list[Path]:
     return written
 
 
-def _verify_against_torch(reference, model, config, options: ExportOptions, precision: str) -> dict[str, float]:
-    images = parity.parity_images(config, options.parity_data)
+def _verify_against_torch(reference, model, config, options: ExportOptions, precision: str,
+                          images: parity.ParityImages) -> dict[str, float]:
     inputs = parity.to_input(images.images, config, options.input_format)
     metrics = parity.compare(parity.run_torch(reference, inputs), parity.run_onnx(model.SerializeToString(), inputs),
                              images.real)

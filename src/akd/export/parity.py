@@ -53,9 +53,7 @@ def images_of(samples: list, config: dict) -> np.ndarray:
     from akd.models.teachers import Preprocessing
     from akd.train.data import DistillationDataset, collate, transforms_for
 
-    pre = config["preprocessing"]
-    preprocessing = Preprocessing(config["input_size"][0], tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"])
-    dataset = DistillationDataset(samples, transforms_for(preprocessing, train=False))
+    dataset = DistillationDataset(samples, transforms_for(Preprocessing.from_config(config), train=False))
     images, _, _ = collate([dataset[i] for i in range(len(dataset))]) if samples else (None, None, 0)
     return images.numpy() if images is not None else np.zeros((0, 3, *config["input_size"]), dtype=np.float32)
 

@@ -32,6 +32,12 @@ class Preprocessing:
     std: tuple[float, ...] = IMAGENET_STD
     crop_pct: float = 0.875
 
+    @classmethod
+    def from_config(cls, config: dict[str, Any]) -> Preprocessing:
+        """The preprocessing recorded in a surrogate config (the inverse of ``to_config``)."""
+        pre = config["preprocessing"]
+        return cls(int(config["input_size"][0]), tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"])
+
     def to_config(self) -> dict[str, Any]:
         return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
                 "crop_pct": self.crop_pct, "color": "RGB"}

@@ -204,6 +204,15 @@ class OutputSpec:
     dtype: Any
 
 
+OUTPUT_NAMES = ("saliency", "logits", "class_id", "score")  # the fused graph's contract (akd.export.graph)
+
+
+def contract_outputs(height: int, width: int, classes: int) -> dict[str, OutputSpec]:
+    """Per-sample shapes and dtypes of the fused graph's outputs, for sizing pinned and device buffers."""
+    return {"saliency": OutputSpec((1, height, width), np.float32), "logits": OutputSpec((classes,), np.float32),
+            "class_id": OutputSpec((), np.int32), "score": OutputSpec((), np.float32)}
+
+
 class SlotPipeline:
     """Batches in flight over ``slots`` slots. ``compute(slot, n)`` enqueues the model on ``slot.stream`` reading
     ``slot.device_in`` and writing ``slot.device_out`` for the first ``n`` samples."""

@@ -19,12 +19,13 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from akd import util
 from akd.util import AkdError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
+IMAGE_EXTENSIONS = util.IMAGE_EXTENSIONS - {".gif"}  # OpenCV cannot decode GIF
+VIDEO_EXTENSIONS = util.VIDEO_EXTENSIONS
 _END = object()
 
 

@@ -17,12 +17,10 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from akd.util import AkdError
+from akd.util import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, AkdError
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-VIDEO_EXTENSIONS = {".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"}
 WNID_FILE = re.compile(r"^(n\d{8})_")
 AIRCRAFT_LEVELS = {"variant": "variants.txt", "family": "families.txt", "manufacturer": "manufacturers.txt"}
 

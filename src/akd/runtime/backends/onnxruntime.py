@@ -16,15 +16,8 @@ GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 class OnnxRuntimeRunner:
     def __init__(self, path: str, device: str = "auto", max_batch: int = 32, threads: int | None = None):
-        import onnx
         import onnxruntime as ort
 
-        try:
-            metadata = {p.key: p.value for p in onnx.load_model(path, load_external_data=False).metadata_props}
-        except Exception as exc:  # noqa: BLE001 - protobuf decode errors
-            raise AkdError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
-        if "akd_config" not in metadata:
-            raise AkdError(f"{path}: not an akd graph (no akd_config metadata); export it with akd-export")
         available = ort.get_available_providers()
         providers = [p for p in GPU_PROVIDERS if p in available and device != "cpu"] + ["CPUExecutionProvider"]
         if device == "cuda" and len(providers) == 1:
@@ -33,7 +26,13 @@ class OnnxRuntimeRunner:
         options.log_severity_level = 3
         if threads:
             options.intra_op_num_threads = threads
-        self.session = ort.InferenceSession(path, options, providers=providers)
+        try:
+            self.session = ort.InferenceSession(path, options, providers=providers)
+        except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
+            raise AkdError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
+        metadata = self.session.get_modelmeta().custom_metadata_map  # the graph is parsed once, by onnxruntime
+        if "akd_config" not in metadata:
+            raise AkdError(f"{path}: not an akd graph (no akd_config metadata); export it with akd-export")
         self.providers = self.session.get_providers()
         self.on_gpu = self.providers[0] != "CPUExecutionProvider"
         self.output_names = [o.name for o in self.session.get_outputs()]

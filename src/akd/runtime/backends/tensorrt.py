@@ -9,15 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from akd.runtime.backends import ModelInfo
+from akd.runtime.cuda import OUTPUT_NAMES
 from akd.util import AkdError
-
-OUTPUTS = ("saliency", "logits", "class_id", "score")
 
 
 class TensorRTRunner:
     def __init__(self, path: str, slots: int = 2, binding: str = "auto", max_batch: int | None = None):
         from akd.export.tensorrt import check_sidecar, cuda_device, read_sidecar, require_tensorrt, sidecar_for
-        from akd.runtime.cuda import OutputSpec, SlotPipeline, cuda_api
+        from akd.runtime.cuda import SlotPipeline, contract_outputs, cuda_api
 
         version = require_tensorrt()
         import tensorrt as trt
@@ -37,8 +36,7 @@ class TensorRTRunner:
                               {"backend": "tensorrt", "tensorrt": version, "gpu": side["gpu_name"]})
         height, width = self.info.size
         classes = len(config["classes"])
-        specs = {"saliency": OutputSpec((1, height, width), np.float32), "logits": OutputSpec((classes,), np.float32),
-                 "class_id": OutputSpec((), np.int32), "score": OutputSpec((), np.float32)}
+        specs = contract_outputs(height, width, classes)
         uint8 = self.info.input_format == "uint8-nhwc"
         input_shape = (height, width, 3) if uint8 else (3, height, width)
         self.api = cuda_api(binding)
@@ -46,7 +44,7 @@ class TensorRTRunner:
         def prepare(slot) -> None:
             context = self.engine.create_execution_context()
             context.set_tensor_address("images", self.api.pointer(slot.device_in))
-            for name in OUTPUTS:
+            for name in OUTPUT_NAMES:
                 context.set_tensor_address(name, self.api.pointer(slot.device_out[name]))
             slot.state["context"] = context
 

@@ -14,9 +14,8 @@ import time
 import numpy as np
 
 from akd.runtime.backends import ModelInfo
+from akd.runtime.cuda import OUTPUT_NAMES
 from akd.util import AkdError
-
-OUTPUTS = ("saliency", "logits", "class_id", "score")
 
 
 class TorchRunner:
@@ -48,20 +47,19 @@ class TorchRunner:
             return self.model(images)
 
     def _cuda_pipeline(self, slots: int):
-        from akd.runtime.cuda import OutputSpec, SlotPipeline, TorchCuda
+        from akd.runtime.cuda import SlotPipeline, TorchCuda, contract_outputs
 
         torch = self.torch
         height, width = self.info.size
         classes = len(self.info.config["classes"])
-        specs = {"saliency": OutputSpec((1, height, width), np.float32), "logits": OutputSpec((classes,), np.float32),
-                 "class_id": OutputSpec((), np.int32), "score": OutputSpec((), np.float32)}
+        specs = contract_outputs(height, width, classes)
         dtypes = {"saliency": torch.float32, "logits": torch.float32, "class_id": torch.int32, "score": torch.float32}
         max_batch = self.info.max_batch
 
         def views(slot):
             images = slot.device_in.view(torch.float32).view(max_batch, 3, height, width)
             outs = {name: slot.device_out[name].view(dtypes[name]).view(max_batch, *specs[name].shape)
-                    for name in OUTPUTS}
+                    for name in OUTPUT_NAMES}
             return images, outs
 
         def prepare(slot) -> None:
@@ -74,7 +72,7 @@ class TorchRunner:
                     self._forward(images)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=slot.stream):
-                    for name, value in zip(OUTPUTS, self._forward(images), strict=True):
+                    for name, value in zip(OUTPUT_NAMES, self._forward(images), strict=True):
                         outs[name].copy_(value)
             slot.state["graph"] = graph
 
@@ -84,7 +82,7 @@ class TorchRunner:
                 if "graph" in slot.state:
                     slot.state["graph"].replay()  # fixed shape: rows past n are stale and never copied back
                     return
-                for name, value in zip(OUTPUTS, self._forward(images[:n]), strict=True):
+                for name, value in zip(OUTPUT_NAMES, self._forward(images[:n]), strict=True):
                     outs[name][:n].copy_(value)
 
         return SlotPipeline(TorchCuda(self.device.index or 0), max_batch, (3, height, width), np.float32, specs,
@@ -99,7 +97,7 @@ class TorchRunner:
         with self.lock:
             values = self._forward(self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
         self.last_stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
-        return {name: value.numpy() for name, value in zip(OUTPUTS, values, strict=True)}
+        return {name: value.numpy() for name, value in zip(OUTPUT_NAMES, values, strict=True)}
 
     def run(self, batches):
         """Overlapped stream of results on CUDA (copies of one batch under the compute of another)."""
