@@ -87,3 +87,18 @@ def test_substrates_and_blend():
     assert torch.equal(mixed[..., :16], images[..., :16]) and torch.equal(mixed[..., 16:], blurred[..., 16:])
     with pytest.raises(ValueError, match="substrate"):
         losses.substrate(images, "noise")
+
+
+def test_rank_prior_is_zero_on_the_profile_and_ignores_where_pixels_sit():
+    count = 16 * 16
+    profile = ((torch.arange(count) + 0.5) / count).pow(4)
+    exact = profile[torch.randperm(count, generator=torch.Generator().manual_seed(0))].view(1, 1, 16, 16)
+    assert losses.rank_prior_loss(exact, power=4, size=16).item() == pytest.approx(0.0, abs=1e-12)
+    flipped = exact.flip(-1)  # same values elsewhere: same loss
+    assert losses.rank_prior_loss(flipped, power=4, size=16).item() == pytest.approx(0.0, abs=1e-12)
+    ones = torch.ones(2, 1, 16, 16)  # the collapse the prior prevents: all-ones maps cost (1 - q^4)^2 on average
+    expected = (1 - profile).pow(2).mean().item()
+    assert losses.rank_prior_loss(ones, power=4, size=16).item() == pytest.approx(expected, rel=1e-5)
+    saliency = torch.full((1, 1, 32, 32), 0.5, requires_grad=True)
+    losses.rank_prior_loss(saliency, power=4, size=16).backward()
+    assert saliency.grad is not None and saliency.grad.abs().sum() > 0

@@ -41,7 +41,7 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--teacher", required=True, metavar="NAME_OR_PATH",
                         help="efficientnet_lite0 (built-in), torchvision:NAME, timm:NAME, a TorchScript file or an "
                              "ONNX file (black box)")
@@ -50,6 +50,16 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--std", type=_floats, help="R,G,B std in [0,1] for file targets (default: ImageNet)")
     parser.add_argument("--teacher-skip-classes", type=int, default=0, metavar="K",
                         help="drop the first K outputs of an ONNX target (e.g. 1 for a 'background' class)")
+
+
+def _teacher_preprocessing(args: argparse.Namespace):
+    from akd.models.teachers import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+
+    return Preprocessing(mean=args.mean or IMAGENET_MEAN, std=args.std or IMAGENET_STD)
+
+
+def add_train_arguments(parser: argparse.ArgumentParser) -> None:
+    _add_teacher_arguments(parser)
     parser.add_argument("--data", required=True, metavar="DIR",
                         help="ImageFolder, flat folder, video, ImageNet-sample, CUB/Cars/Aircraft root, "
                              "or 'sample-photos' (scikit-image's photos)")
@@ -75,14 +85,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from akd.models.teachers import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
     from akd.train.recipes import apply_overrides, load_recipe
     from akd.train.trainer import TrainOptions, train
 
     if not args.out.endswith(".safetensors"):
         raise AkdError(f"--out {args.out}: the surrogate checkpoint must be a .safetensors file")
     recipe = apply_overrides(load_recipe(args.recipe), args.set, args.epochs, args.batch_size)
-    preprocessing = Preprocessing(mean=args.mean or IMAGENET_MEAN, std=args.std or IMAGENET_STD)
+    preprocessing = _teacher_preprocessing(args)
     options = TrainOptions(
         teacher=args.teacher, data=args.data, out=args.out, recipe=recipe, val=args.val, student=args.student,
         stages=[s.strip() for s in args.stages.split(",") if s.strip()], teacher_weights=args.teacher_weights,
@@ -257,6 +266,57 @@ def run_profile(args: argparse.Namespace) -> int:
     return 0
 
 
+def _subset(text: str) -> tuple[str, int]:
+    method, sep, count = text.partition("=")
+    if not sep or not count.isdigit() or int(count) < 1:
+        raise argparse.ArgumentTypeError(f"expected METHOD=N (e.g. rise=8), got '{text}'")
+    return method, int(count)
+
+
+def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
+    from akd.evaluate.methods import METHODS
+
+    parser.add_argument("--model", action="append", default=[], metavar="MODEL",
+                        help="surrogate for the 'akd' method (.onnx, .engine, .safetensors; repeat to compare "
+                             "e.g. fp32 and int8; default: the shipped surrogate)")
+    _add_teacher_arguments(parser)
+    parser.add_argument("--data", required=True, metavar="DIR", help="images to explain (any layout akd-train reads)")
+    parser.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated from {', '.join(METHODS)}")
+    parser.add_argument("--limit", type=_positive_int, help="evaluate a seeded random subset of N images")
+    parser.add_argument("--subset", type=_subset, action="append", default=[], metavar="METHOD=N",
+                        help="run a slow method on the first N images only, e.g. --subset rise=8")
+    parser.add_argument("--masks", metavar="DIR", help="object masks named like the images: adds the pointing games")
+    parser.add_argument("--step", type=_positive_int, help="pixels moved per point (default: width * 8 = 1792)")
+    parser.add_argument("--batch-size", type=_positive_int, default=32, help="perturbed images per forward pass")
+    parser.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for every method (pinned)")
+    parser.add_argument("--rise-masks", type=_positive_int, default=4000)
+    parser.add_argument("--lime-samples", type=_positive_int, default=1000)
+    parser.add_argument("--gradcam-layer", metavar="NAME", help="target layer (default: end of the last conv stage)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--no-progress", action="store_true")
+    parser.add_argument("--out", required=True, metavar="DIR", help="report folder (report.md/.json, *.png)")
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    from akd.evaluate.report import EvalOptions, evaluate, markdown
+    from akd.models.teachers import load_teacher
+    from akd.runtime.engine import default_model
+
+    methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    options = EvalOptions(models=args.model, data=args.data, out=args.out, methods=methods, limit=args.limit,
+                          subsets=dict(args.subset), masks=args.masks, step=args.step, batch_size=args.batch_size,
+                          threads=args.threads, rise_masks=args.rise_masks, lime_samples=args.lime_samples,
+                          gradcam_layer=args.gradcam_layer, seed=args.seed)
+    if "akd" in methods and not options.models:
+        options.models = [default_model()]
+    teacher = load_teacher(args.teacher, args.teacher_weights, _teacher_preprocessing(args),
+                           args.teacher_skip_classes)
+    report = evaluate(options, teacher, progress=not args.no_progress)
+    print(markdown(report))
+    print(f"akd-evaluate: wrote report.md, report.json, curves.png and overlays.png to {args.out}")
+    return 0
+
+
 COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int]]] = {
     "train": ("distil a target classifier into an attentive surrogate", add_train_arguments, run_train),
     "export": ("write the fused ONNX graph (fp32/fp16/int8) and TensorRT engines", add_export_arguments, run_export),
@@ -264,6 +324,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
                   run_calibrate),
     "explain": ("saliency overlays for images, folders and videos", add_explain_arguments, run_explain),
     "profile": ("fps, latency percentiles and per-stage times of a model", add_profile_arguments, run_profile),
+    "evaluate": ("insertion/deletion, intensity and speed of akd against Grad-CAM, RISE and LIME",
+                 add_evaluate_arguments, run_evaluate),
 }
 
 
@@ -320,6 +382,10 @@ def explain_main(argv: list[str] | None = None) -> int:
 
 def profile_main(argv: list[str] | None = None) -> int:
     return _run("akd-profile", "profile", argv)
+
+
+def evaluate_main(argv: list[str] | None = None) -> int:
+    return _run("akd-evaluate", "evaluate", argv)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,8 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 STAGES = ("student", "explainer", "joint")
-REQUIRED = ("alpha", "temperature", "sparsity", "destruction", "substrate", "momentum", "nesterov", "weight_decay",
+REQUIRED = ("alpha", "temperature", "sparsity", "rank_prior", "rank_prior_power", "destruction",
+            "substrate", "momentum", "nesterov", "weight_decay",
             "batch_size", "freeze_bn", "pretrained_lr_scale", "stages")
 DEFAULT_RECIPE = "paper-imagenet"
 
@@ -53,6 +54,8 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
         raise AkdError(f"{source}: recipe misses {', '.join(missing)}")
     if recipe["substrate"] not in ("zeros", "blur"):
         raise AkdError(f"{source}: substrate must be 'zeros' or 'blur', not '{recipe['substrate']}'")
+    if not recipe["rank_prior_power"] > 0:
+        raise AkdError(f"{source}: rank_prior_power must be positive (the map's mean is 1 / (power + 1))")
     for stage, spec in recipe["stages"].items():
         if stage not in STAGES:
             raise AkdError(f"{source}: unknown stage '{stage}' (stages: {', '.join(STAGES)})")

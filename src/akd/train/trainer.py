@@ -30,9 +30,10 @@ from akd.util import AkdError
 
 log = logging.getLogger(__name__)
 
-LOG_COLUMNS = ["stage", "epoch", "lr", "train_loss", "train_kd", "train_exp", "train_sparsity", "train_destruction",
-               "train_agreement", "val_agreement", "val_teacher_top1", "val_student_top1", "val_mean_saliency",
-               "train_images", "val_images", "skipped", "seconds"]
+LOSS_TERMS = ("kd", "exp", "sparsity", "rank_prior", "destruction")
+LOG_COLUMNS = ["stage", "epoch", "lr", "train_loss", *(f"train_{term}" for term in LOSS_TERMS), "train_agreement",
+               "val_agreement", "val_teacher_top1", "val_student_top1", "val_mean_saliency", "train_images",
+               "val_images", "skipped", "seconds"]
 
 
 @dataclass
@@ -101,6 +102,9 @@ class DistillationStep(nn.Module):
             stats["exp"] = losses.explanation_loss(judge_logits[0], teacher_logits)
             stats["sparsity"] = losses.sparsity_loss(saliency)
             loss = loss + stats["exp"] + recipe["sparsity"] * stats["sparsity"]
+            if recipe["rank_prior"] > 0:
+                stats["rank_prior"] = losses.rank_prior_loss(saliency, recipe["rank_prior_power"])
+                loss = loss + recipe["rank_prior"] * stats["rank_prior"]
             if recipe["destruction"] > 0:
                 stats["destruction"] = losses.destruction_loss(judge_logits[1], teacher_logits)
                 loss = loss + recipe["destruction"] * stats["destruction"]
@@ -329,7 +333,7 @@ class Trainer:
             totals["loss"] += loss.item() * len(images)
             totals["agree"] += stats["agree"].item()
             totals["seen"] += len(images)
-            for key in ("kd", "exp", "sparsity", "destruction"):
+            for key in LOSS_TERMS:
                 if key in stats:
                     totals[key] = totals.get(key, 0.0) + stats[key].item() * len(images)
             bar.set_postfix(loss=f"{loss.item():.4f}", agree=f"{totals['agree'] / totals['seen']:.3f}")

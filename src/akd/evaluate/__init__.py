@@ -1,0 +1,1 @@
+"""Faithfulness and speed of saliency methods: RISE-style insertion/deletion, intensity, pointing games."""

@@ -1,0 +1,196 @@
+"""Saliency methods compared by ``akd-evaluate``, all explaining the same target's prediction on the same image.
+
+Each method maps an ``EvalImage`` to an (H, W) float map at the model's input resolution. ``akd`` runs a
+surrogate through the deployable runtime (an .onnx graph, a TensorRT engine or a .safetensors checkpoint);
+Grad-CAM and LIME come from their reference packages (``pip install 'akd[eval]'``); RISE is implemented here
+following the RISE paper's mask generator because no maintained package ships it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from akd.models.teachers import Teacher
+from akd.util import AkdError
+
+METHODS = ("akd", "gradcam", "rise", "lime")
+
+
+@dataclass
+class EvalImage:
+    """One evaluation image in both forms the methods need, and the target's prediction on it."""
+
+    name: str
+    pixels: np.ndarray  # (H, W, 3) uint8 RGB, already resized and centre-cropped for the target
+    tensor: torch.Tensor  # (1, 3, H, W) normalised
+    class_id: int
+
+
+def _require(module: str, method: str):
+    import importlib
+
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise AkdError(f"method '{method}' needs the '{module}' package: pip install 'akd[eval]'") from None
+
+
+def _torch_module(teacher: Teacher, method: str) -> nn.Module:
+    if teacher.module is None:
+        raise AkdError(f"method '{method}' needs gradients of a PyTorch target; "
+                       f"{teacher.identity.get('name', 'this target')} is a black box")
+    return teacher.module.eval()
+
+
+class AkdMethod:
+    """The surrogate's saliency map, computed by the runtime exactly as a deployment would."""
+
+    def __init__(self, model: str, threads: int | None = None, name: str = "akd"):
+        from akd.runtime.engine import SaliencyEngine
+
+        options = {"threads": threads} if threads and model.endswith(".onnx") else {}
+        self.name = name
+        self.engine = SaliencyEngine.load(model, fit="stretch", color="rgb", **options)
+
+    def explain(self, image: EvalImage) -> np.ndarray:
+        result = self.engine.explain(image.pixels, model_resolution=True)
+        assert result.saliency_model is not None
+        return result.saliency_model
+
+    def close(self) -> None:
+        self.engine.close()
+
+
+def last_spatial_module(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn.Module]:
+    """The end of the last convolutional stage: the module that finishes last among those whose output keeps
+    the last convolution's spatial size (timm EfficientNet: ``bn2`` after ``conv_head``; torchvision ResNet:
+    ``layer4``; pooling, even to 2x2, is past the stage)."""
+    finished: list[tuple[str, tuple[int, ...], bool]] = []
+    names = {module: name for name, module in model.named_modules() if name}
+
+    def record(module, _inputs, output):
+        if torch.is_tensor(output) and output.dim() == 4:
+            finished.append((names[module], tuple(output.shape[-2:]), isinstance(module, nn.Conv2d)))
+
+    hooks = [module.register_forward_hook(record) for module in names]
+    try:
+        with torch.no_grad():
+            model(sample)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    convolutions = [size for _, size, is_conv in finished if is_conv]
+    if not convolutions:
+        raise AkdError("Grad-CAM: the target has no convolutional layer")
+    name = [name for name, size, _ in finished if size == convolutions[-1]][-1]
+    return name, model.get_submodule(name)
+
+
+class GradCamMethod:
+    """Grad-CAM (Selvaraju et al. 2017) via the ``grad-cam`` package, on the last convolutional stage."""
+
+    name = "gradcam"
+
+    def __init__(self, teacher: Teacher, layer: str | None = None):
+        cam_module = _require("pytorch_grad_cam", "gradcam")
+        targets = _require("pytorch_grad_cam.utils.model_targets", "gradcam")
+        self.model = _torch_module(teacher, "gradcam")
+        size = teacher.preprocessing.input_size
+        if layer:
+            try:
+                self.layer_name, target_layer = layer, self.model.get_submodule(layer)
+            except AttributeError:
+                raise AkdError(f"Grad-CAM: the target has no layer '{layer}'") from None
+        else:
+            self.layer_name, target_layer = last_spatial_module(self.model, torch.zeros(1, 3, size, size))
+        self.cam = cam_module.GradCAM(model=self.model, target_layers=[target_layer])
+        self.target_type = targets.ClassifierOutputTarget
+
+    def explain(self, image: EvalImage) -> np.ndarray:
+        # a frozen target has no parameter that needs gradients: the input's requires_grad makes the layer's
+        # activations part of a graph so Grad-CAM's hooks see their gradients
+        tensor = image.tensor.clone().requires_grad_(True)
+        maps = self.cam(input_tensor=tensor, targets=[self.target_type(image.class_id)])
+        return np.asarray(maps[0], dtype=np.float32)
+
+    def close(self) -> None:
+        self.cam.activations_and_grads.release()
+
+
+class RiseMethod:
+    """RISE (Petsiuk et al. 2018): N random masks from an s x s Bernoulli(p) grid, bilinearly upsampled to
+    (s + 1) * cell and randomly shifted by up to one cell; the map is sum_i P_c(M_i * x) M_i / (N p).
+    Masks multiply the normalised image (as RISE's code does) and are regenerated from the seed per image, so
+    every image sees the same masks without holding N full-size masks in memory."""
+
+    name = "rise"
+
+    def __init__(self, teacher: Teacher, masks: int = 4000, cells: int = 7, keep: float = 0.5, batch_size: int = 100,
+                 seed: int = 0):
+        self.teacher, self.masks, self.cells, self.keep = teacher, masks, cells, keep
+        self.batch_size, self.seed = batch_size, seed
+
+    def _mask_batch(self, generator: torch.Generator, count: int, height: int, width: int) -> torch.Tensor:
+        cell_h, cell_w = math.ceil(height / self.cells), math.ceil(width / self.cells)
+        grid = (torch.rand(count, 1, self.cells, self.cells, generator=generator) < self.keep).float()
+        up = F.interpolate(grid, size=((self.cells + 1) * cell_h, (self.cells + 1) * cell_w), mode="bilinear",
+                           align_corners=False)
+        shifts = torch.randint(0, cell_h, (count,), generator=generator), torch.randint(0, cell_w, (count,),
+                                                                                        generator=generator)
+        return torch.stack([up[i, :, y:y + height, x:x + width] for i, (y, x) in enumerate(zip(*shifts, strict=True))])
+
+    @torch.no_grad()
+    def explain(self, image: EvalImage) -> np.ndarray:
+        _, _, height, width = image.tensor.shape
+        generator = torch.Generator().manual_seed(self.seed)
+        saliency = torch.zeros(height, width)
+        for start in range(0, self.masks, self.batch_size):
+            masks = self._mask_batch(generator, min(self.batch_size, self.masks - start), height, width)
+            probs = F.softmax(self.teacher(masks * image.tensor).float(), dim=1)[:, image.class_id]
+            saliency += torch.einsum("n,nhw->hw", probs, masks[:, 0])
+        return (saliency / (self.masks * self.keep)).numpy()
+
+    def close(self) -> None:
+        pass
+
+
+class LimeMethod:
+    """LIME (Ribeiro et al. 2016) via the ``lime`` package: quickshift superpixels, ``samples`` perturbations;
+    each superpixel gets its weight for the predicted class, so the map keeps LIME's signed ranking."""
+
+    name = "lime"
+
+    def __init__(self, teacher: Teacher, samples: int = 1000, batch_size: int = 50, seed: int = 0):
+        self.lime_image = _require("lime.lime_image", "lime")
+        self.teacher, self.samples, self.batch_size, self.seed = teacher, samples, batch_size, seed
+        pre = teacher.preprocessing
+        self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
+        self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
+
+    @torch.no_grad()
+    def _probabilities(self, images: np.ndarray) -> np.ndarray:
+        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+        return F.softmax(self.teacher((batch - self.mean) / self.std).float(), dim=1).numpy()
+
+    def explain(self, image: EvalImage) -> np.ndarray:
+        import contextlib
+        import io
+
+        explainer = self.lime_image.LimeImageExplainer(random_state=self.seed)
+        with contextlib.redirect_stderr(io.StringIO()):  # lime 0.2 always draws a tqdm bar per image
+            explanation = explainer.explain_instance(
+                image.pixels, self._probabilities, labels=(image.class_id,), top_labels=None,
+                num_samples=self.samples, batch_size=self.batch_size, random_seed=self.seed)
+        weights = np.zeros(int(explanation.segments.max()) + 1, dtype=np.float32)
+        for segment, weight in explanation.local_exp[image.class_id]:
+            weights[segment] = weight
+        return weights[explanation.segments]
+
+    def close(self) -> None:
+        pass

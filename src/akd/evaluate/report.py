@@ -1,0 +1,287 @@
+"""``akd-evaluate``: the paper's Tables 3 and 4 and Figure 6 on the user's own target and images.
+
+Every method explains the same images (the target's resize + centre crop) and the target's own prediction; the
+metrics come from ``akd.evaluate.metrics``; speed is timed side by side in this one run with the thread count
+pinned, one image at a time (batch 1), the way an interactive user would call each method.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from akd.evaluate import metrics
+from akd.evaluate.methods import METHODS, AkdMethod, EvalImage, GradCamMethod, LimeMethod, RiseMethod
+from akd.models.teachers import Teacher
+from akd.util import IMAGE_EXTENSIONS, AkdError, atomic_path
+
+GRID_IMAGES = 6
+
+
+@dataclass
+class EvalOptions:
+    models: list[str]  # surrogate files for akd (.onnx/.engine/.safetensors); each becomes a method
+    data: str
+    out: str
+    methods: tuple[str, ...] = METHODS
+    limit: int | None = None
+    subsets: dict[str, int] = field(default_factory=dict)  # method -> first N images only (slow methods)
+    masks: str | None = None
+    step: int | None = None
+    batch_size: int = 32
+    threads: int = 1
+    rise_masks: int = 4000
+    lime_samples: int = 1000
+    gradcam_layer: str | None = None
+    seed: int = 0
+
+    def __post_init__(self):
+        for name in self.methods:
+            if name not in METHODS:
+                raise AkdError(f"unknown method '{name}' (methods: {', '.join(METHODS)})")
+        for name in self.subsets:
+            if name not in self.methods:
+                raise AkdError(f"--subset {name}: '{name}' is not among the evaluated methods")
+
+
+def load_images(teacher: Teacher, data: str, limit: int | None, seed: int) -> tuple[list[EvalImage], int]:
+    """Decode, resize and centre-crop like the target; the order is a seeded shuffle so ``--limit`` picks an
+    unbiased subset. Unreadable files are skipped and counted."""
+    from torchvision.transforms import functional as TF
+
+    from akd.export.parity import sampled
+    from akd.train.data import discover, read_rgb
+
+    found = discover(data, "test")
+    if not found.samples:
+        raise AkdError(f"{data}: no images found")
+    pre = teacher.preprocessing
+    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
+    images, skipped = [], found.skipped
+    for sample in sampled(found.samples, seed):
+        if limit is not None and len(images) >= limit:
+            break
+        rgb = read_rgb(sample)
+        if rgb is None:
+            skipped += 1
+            continue
+        rgb = TF.center_crop(TF.resize(rgb, int(round(pre.input_size / pre.crop_pct))), pre.input_size)
+        pixels = np.asarray(rgb, dtype=np.uint8)
+        tensor = (torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
+        with torch.no_grad():
+            class_id = int(teacher(tensor).argmax(1)[0])
+        name = Path(sample.path).stem + (f"@{sample.frame}" if sample.frame is not None else "")
+        images.append(EvalImage(name, pixels, tensor, class_id))
+    return images, skipped
+
+
+def load_mask(masks: str, image: EvalImage, teacher: Teacher) -> np.ndarray | None:
+    """The object mask for an image (same stem, any image extension), cropped like the image; None if absent."""
+    from PIL import Image
+    from torchvision.transforms import functional as TF
+
+    stem = image.name.split("@")[0]
+    for path in sorted(Path(masks).glob(f"{stem}.*")):
+        if path.suffix.lower() in IMAGE_EXTENSIONS:
+            pre = teacher.preprocessing
+            try:
+                with Image.open(path) as opened:
+                    mask = opened.convert("L")
+            except OSError as exc:
+                raise AkdError(f"{path}: unreadable mask ({exc})") from None
+            mask = TF.resize(mask, int(round(pre.input_size / pre.crop_pct)), TF.InterpolationMode.NEAREST)
+            return np.asarray(TF.center_crop(mask, pre.input_size)) > 127
+    return None
+
+
+def build_methods(options: EvalOptions, teacher: Teacher) -> list:
+    methods: list = []
+    for name in options.methods:
+        if name == "akd":
+            if not options.models:
+                raise AkdError("method 'akd' needs --model")
+            for model in options.models:
+                label = "akd" if len(options.models) == 1 else f"akd:{Path(model).name}"
+                methods.append(AkdMethod(model, options.threads, label))
+        elif name == "gradcam":
+            methods.append(GradCamMethod(teacher, options.gradcam_layer))
+        elif name == "rise":
+            methods.append(RiseMethod(teacher, options.rise_masks, seed=options.seed))
+        else:
+            methods.append(LimeMethod(teacher, options.lime_samples, seed=options.seed))
+    return methods
+
+
+def _time_inference(teacher: Teacher, images: list[EvalImage]) -> list[float]:
+    """The paper's 'normal inference' row: the target alone, batch 1."""
+    seconds = []
+    with torch.no_grad():
+        teacher(images[0].tensor)  # warm-up
+        for image in images:
+            started = time.perf_counter()
+            teacher(image.tensor)
+            seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def _summary(values: list[float]) -> dict[str, float]:
+    array = np.asarray(values, dtype=np.float64)
+    return {"mean": float(array.mean()), "std": float(array.std()), "count": int(len(array))}
+
+
+def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> dict[str, Any]:
+    """Run every method on every image (or its subset); returns the JSON-able report and writes it to ``out``."""
+    from tqdm import tqdm
+
+    torch.set_num_threads(options.threads)
+    images, skipped = load_images(teacher, options.data, options.limit, options.seed)
+    methods = build_methods(options, teacher)
+    per_image: dict[str, list[dict[str, Any]]] = {method.name: [] for method in methods}
+    grid_maps: dict[str, list[np.ndarray]] = {method.name: [] for method in methods}
+    curves: dict[str, dict[str, list[np.ndarray]]] = {m.name: {"insertion": [], "deletion": []} for m in methods}
+    try:
+        for method in methods:  # warm-up outside the timed loop (session/graph initialisation)
+            method.explain(images[0])
+        for index, image in enumerate(tqdm(images, desc="akd-evaluate", disable=not progress)):
+            mask = load_mask(options.masks, image, teacher) if options.masks else None
+            for method in methods:
+                limit = options.subsets.get(method.name.split(":")[0])
+                if limit is not None and index >= limit:
+                    continue
+                started = time.perf_counter()
+                saliency = method.explain(image)
+                seconds = time.perf_counter() - started
+                row: dict[str, Any] = {"image": image.name, "class_id": image.class_id, "seconds": seconds,
+                                       "intensity": metrics.intensity(saliency)}
+                for mode in metrics.MODES:
+                    curve = metrics.causal_curve(teacher, image.tensor, saliency, mode, options.step,
+                                                 options.batch_size, image.class_id)
+                    curves[method.name][mode].append(curve)
+                    row[mode] = metrics.auc(curve)
+                if mask is not None:
+                    row["pointing"] = float(metrics.pointing_game(saliency, mask))
+                    row["energy_pointing"] = metrics.energy_pointing_game(saliency, mask)
+                per_image[method.name].append(row)
+                if index < GRID_IMAGES:
+                    grid_maps[method.name].append(metrics.normalise(saliency))
+    finally:
+        for method in methods:
+            method.close()
+    inference = _time_inference(teacher, images)
+    report = _assemble(options, teacher, images, skipped, per_image, curves, inference)
+    write_report(report, options.out, images[:GRID_IMAGES], grid_maps)
+    return report
+
+
+def _assemble(options, teacher, images, skipped, per_image, curves, inference) -> dict[str, Any]:
+    everyone = set.intersection(*[{row["image"] for row in rows} for rows in per_image.values()])
+    results: dict[str, Any] = {}
+    for name, rows in per_image.items():
+        keys = [k for k in ("insertion", "deletion", "intensity", "pointing", "energy_pointing") if k in rows[0]]
+        common = [row for row in rows if row["image"] in everyone]
+        results[name] = {
+            "all": {key: _summary([row[key] for row in rows]) for key in keys},
+            "common": {key: _summary([row[key] for row in common]) for key in keys},
+            "seconds": _summary([row["seconds"] for row in rows]),
+            "curves": {mode: np.mean(curves[name][mode], axis=0).tolist() for mode in metrics.MODES},
+            "per_image": rows,
+        }
+    height, width = images[0].tensor.shape[-2:]
+    step = options.step or metrics.default_step(height, width)
+    return {
+        "target": teacher.identity, "data": options.data, "images": len(images), "skipped": skipped,
+        "common_images": len(everyone), "methods": list(per_image),
+        "settings": {"step": step, "points": metrics.step_count(height * width, step) + 1,
+                     "blur": "RISE kernel 11x11 sigma 5, zero padding", "deletion_substrate": "zeros (normalised)",
+                     "rise_masks": options.rise_masks, "rise_cells": 7, "rise_keep": 0.5,
+                     "lime_samples": options.lime_samples, "seed": options.seed, "subsets": options.subsets},
+        "machine": {"threads": options.threads, "cpu": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
+                    "device": "cpu"},
+        "inference_seconds": _summary(inference),
+        "results": results,
+    }
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """Paper-style tables: speed (Table 3) and faithfulness (Table 4), on the images every method ran on."""
+    results = report["results"]
+    inference = report["inference_seconds"]["mean"]
+    lines = [f"# akd-evaluate: {report['target'].get('name', 'target')} on {report['data']}", "",
+             f"{report['images']} images ({report['skipped']} unreadable skipped); {report['common_images']} explained "
+             f"by every method. Step {report['settings']['step']} pixels ({report['settings']['points']} points), "
+             f"{report['machine']['threads']} thread(s), {report['machine']['cpu_count']} CPUs, batch 1.", "",
+             "## Speed (Table 3)", "", "| method | seconds / image | images / s | x normal inference |",
+             "|---|---:|---:|---:|",
+             f"| normal inference | {inference:.4f} | {1 / inference:.1f} | 1.00 |"]
+    for name, result in results.items():
+        seconds = result["seconds"]["mean"]
+        lines.append(f"| {name} | {seconds:.4f} | {1 / seconds:.2f} | {seconds / inference:.2f} |")
+    optional = [k for k in ("pointing", "energy_pointing") if all(k in r["common"] for r in results.values())]
+    header = "| method | insertion (higher) | deletion (lower) | intensity (lower) |" + "".join(
+        f" {k.replace('_', ' ')} |" for k in optional)
+    for scope, title in (("common", "on the images every method explained"), ("all", "on every image each ran on")):
+        lines += ["", f"## Faithfulness (Table 4), {title}", "", header,
+                  "|---|---:|---:|---:|" + "---:|" * len(optional)]
+        for name, result in results.items():
+            cells = result[scope]
+            if not cells["insertion"]["count"]:
+                continue
+            row = f"| {name} ({cells['insertion']['count']}) | " + " | ".join(
+                f"{cells[k]['mean']:.4f} ± {cells[k]['std']:.3f}" for k in ("insertion", "deletion", "intensity"))
+            lines.append(row + " |" + "".join(f" {cells[k]['mean']:.3f} |" for k in optional))
+    lines += ["", "Figures: `curves.png` (mean insertion/deletion curves), `overlays.png` (maps per method).", ""]
+    return "\n".join(lines)
+
+
+def write_report(report: dict[str, Any], out: str, grid_images: list[EvalImage],
+                 grid_maps: dict[str, list[np.ndarray]]) -> None:
+    """report.json, report.md, curves.png, overlays.png - each written atomically."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    folder = Path(out)
+    with atomic_path(folder / "report.json") as tmp:
+        tmp.write_text(json.dumps(report, indent=1))
+    with atomic_path(folder / "report.md") as tmp:
+        tmp.write_text(markdown(report))
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, mode in zip(axes, metrics.MODES, strict=True):
+        for name, result in report["results"].items():
+            curve = np.asarray(result["curves"][mode])
+            axis.plot(np.linspace(0, 1, len(curve)), curve, label=f"{name} ({metrics.auc(curve):.3f})")
+        axis.set(title=mode, xlabel="fraction of pixels " + ("inserted" if mode == "insertion" else "deleted"),
+                 ylabel="probability of the predicted class", ylim=(0, 1))
+        axis.legend()
+    figure.tight_layout()
+    with atomic_path(folder / "curves.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)
+    names = [name for name, maps in grid_maps.items() if maps]
+    rows = len(grid_images)
+    figure, axes = plt.subplots(rows, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.2 * rows), squeeze=False)
+    for row, image in enumerate(grid_images):
+        axes[row, 0].imshow(image.pixels)
+        axes[row, 0].set_title(image.name[:24], fontsize=7)
+        for column, name in enumerate(names, start=1):
+            axes[row, column].imshow(image.pixels)
+            if row < len(grid_maps[name]):
+                axes[row, column].imshow(grid_maps[name][row], cmap="jet", alpha=0.5, vmin=0, vmax=1)
+            if row == 0:
+                axes[row, column].set_title(name, fontsize=8)
+    for axis in axes.flat:
+        axis.axis("off")
+    figure.tight_layout()
+    with atomic_path(folder / "overlays.png") as tmp:
+        figure.savefig(tmp, format="png", dpi=100)
+    plt.close(figure)

@@ -1,0 +1,240 @@
+"""akd.evaluate: metrics on cases with known answers, the baselines on a tiny target, the report and the CLI."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from scipy.ndimage import convolve, gaussian_filter
+from torch import nn
+
+from akd.cli import main
+from akd.evaluate import metrics
+from akd.evaluate.methods import EvalImage, GradCamMethod, LimeMethod, RiseMethod, last_spatial_module
+from akd.models.teachers import Preprocessing, _module_teacher
+
+PATCH = (slice(8, 16), slice(8, 16))
+
+
+class PatchModel(nn.Module):
+    """Class 0's logit is 8 x (the image's mean over one 8x8 patch - 0.5); class 1's is fixed at 0."""
+
+    def forward(self, x):
+        evidence = x[:, :, PATCH[0], PATCH[1]].mean(dim=(1, 2, 3))
+        return torch.stack([8 * (evidence - 0.5), torch.zeros_like(evidence)], dim=1)
+
+
+def patch_image() -> torch.Tensor:
+    generator = torch.Generator().manual_seed(0)
+    image = torch.randn(1, 3, 32, 32, generator=generator) * 0.5
+    image[:, :, PATCH[0], PATCH[1]] = 1.0
+    return image
+
+
+def patch_map() -> np.ndarray:
+    saliency = np.zeros((32, 32), np.float32)
+    saliency[PATCH] = 1.0
+    saliency += np.linspace(0, 0.01, 32 * 32, dtype=np.float32).reshape(32, 32)  # no ties
+    return saliency
+
+
+def test_rise_kernel_is_scipys_gaussian_filter_of_a_delta():
+    delta = np.zeros((11, 11))
+    delta[5, 5] = 1
+    kernel = metrics.rise_kernel()
+    assert kernel.shape == (11, 11)
+    np.testing.assert_allclose(kernel, gaussian_filter(delta, 5), rtol=1e-6)
+    assert kernel.max() / kernel.min() < 3  # sigma 5 truncated at 11x11 is nearly a box
+    assert kernel.sum() == pytest.approx(1.0, abs=1e-5)
+
+
+def test_rise_blur_is_a_per_channel_convolution_with_zero_padding():
+    image = torch.rand(1, 3, 20, 24)
+    blurred = metrics.rise_blur(image).numpy()
+    kernel = metrics.rise_kernel()
+    for channel in range(3):
+        expected = convolve(image[0, channel].numpy(), kernel, mode="constant", cval=0.0)
+        np.testing.assert_allclose(blurred[0, channel], expected, atol=1e-5)
+
+
+def test_step_counting_and_curve_length():
+    assert metrics.default_step(224, 224) == 224 * 8
+    assert metrics.step_count(224 * 224, 224 * 8) == 28  # 29 points, as in RISE
+    assert metrics.step_count(100, 30) == 4
+    curve = metrics.causal_curve(PatchModel(), patch_image(), patch_map(), "deletion", step=100)
+    assert len(curve) == metrics.step_count(32 * 32, 100) + 1 == 12
+
+
+def test_auc_of_constant_and_linear_curves():
+    assert metrics.auc(np.full(29, 0.7)) == pytest.approx(0.7)
+    assert metrics.auc(np.linspace(0, 1, 29)) == pytest.approx(0.5)
+    assert metrics.auc(np.array([1.0, 0.0])) == pytest.approx(0.5)
+    with pytest.raises(ValueError):
+        metrics.auc(np.array([1.0]))
+
+
+def test_curve_endpoints_are_the_start_and_finish_images():
+    model, image = PatchModel(), patch_image()
+    probability = torch.softmax(model(image), 1)[0, 0].item()
+    deletion = metrics.causal_curve(model, image, patch_map(), "deletion", step=64)
+    insertion = metrics.causal_curve(model, image, patch_map(), "insertion", step=64)
+    assert deletion[0] == pytest.approx(probability, abs=1e-6)
+    zeros = torch.softmax(model(torch.zeros_like(image)), 1)[0, 0].item()
+    assert deletion[-1] == pytest.approx(zeros, abs=1e-6)
+    assert insertion[-1] == pytest.approx(probability, abs=1e-6)
+    blurred = torch.softmax(model(metrics.rise_blur(image)), 1)[0, 0].item()
+    assert insertion[0] == pytest.approx(blurred, abs=1e-6)
+
+
+def test_the_right_map_beats_a_random_and_an_inverted_map():
+    model, image = PatchModel(), patch_image()
+    right = patch_map()
+    random_map = np.random.default_rng(0).random((32, 32)).astype(np.float32)
+    inverted = -right
+    scores = {name: {mode: metrics.auc(metrics.causal_curve(model, image, saliency, mode, step=32))
+                     for mode in metrics.MODES}
+              for name, saliency in (("right", right), ("random", random_map), ("inverted", inverted))}
+    assert scores["right"]["insertion"] > scores["random"]["insertion"] + 0.05
+    assert scores["random"]["insertion"] > scores["inverted"]["insertion"]
+    assert scores["right"]["deletion"] < scores["random"]["deletion"] - 0.05
+    assert scores["random"]["deletion"] < scores["inverted"]["deletion"]
+
+
+def test_curve_rejects_bad_mode_and_mismatched_map():
+    with pytest.raises(ValueError, match="mode"):
+        metrics.causal_curve(PatchModel(), patch_image(), patch_map(), "sideways")
+    with pytest.raises(ValueError, match="does not match"):
+        metrics.causal_curve(PatchModel(), patch_image(), np.zeros((16, 16)), "deletion")
+
+
+def test_intensity_uses_min_max_normalisation():
+    saliency = np.array([[0.0, 1.0], [1.0, 2.0]])
+    assert metrics.intensity(saliency) == pytest.approx(0.5)
+    assert metrics.intensity(saliency * 7 + 3) == pytest.approx(0.5)  # scale and offset do not matter
+    assert metrics.intensity(np.full((4, 4), 0.3)) == 0.0  # a constant map says nothing
+    np.testing.assert_allclose(metrics.normalise(saliency), saliency / 2)
+
+
+def test_pointing_games():
+    mask = np.zeros((32, 32), bool)
+    mask[PATCH] = True
+    assert metrics.pointing_game(patch_map(), mask)
+    far = np.zeros((32, 32))
+    far[30, 30] = 1
+    assert not metrics.pointing_game(far, mask, tolerance=5)
+    assert metrics.pointing_game(far, mask, tolerance=25)
+    assert metrics.energy_pointing_game(patch_map(), mask) > 0.9  # the tie-breaking ramp holds the rest
+    assert metrics.energy_pointing_game(-patch_map(), mask) < 0.1
+
+
+# ---- baselines ----------------------------------------------------------------------------------------------
+def patch_teacher():
+    return _module_teacher(PatchModel(), Preprocessing(input_size=32), {"name": "patch"})
+
+
+def eval_image() -> EvalImage:
+    image = patch_image()
+    return EvalImage("patch", np.zeros((32, 32, 3), np.uint8), image, 0)
+
+
+def test_rise_finds_the_patch_and_is_seeded():
+    method = RiseMethod(patch_teacher(), masks=400, batch_size=100, seed=3)
+    saliency = method.explain(eval_image())
+    assert saliency.shape == (32, 32)
+    assert saliency[PATCH].mean() > saliency.mean() * 1.2
+    np.testing.assert_array_equal(saliency, method.explain(eval_image()))
+
+
+def test_last_spatial_module_picks_the_end_of_the_last_conv_stage(tiny_net):
+    from torchvision.models import resnet18
+
+    assert last_spatial_module(resnet18(), torch.zeros(1, 3, 64, 64))[0] == "layer4"
+    assert last_spatial_module(tiny_net, torch.zeros(1, 3, 32, 32))[0] == "features.4"  # ReLU before pooling
+
+
+def test_gradcam_and_lime_adapters_on_a_tiny_target(tiny_net):
+    pytest.importorskip("pytorch_grad_cam")
+    pytest.importorskip("lime")
+    from conftest import quadrant_image
+
+    teacher = _module_teacher(tiny_net, Preprocessing(input_size=96), {"name": "tiny"})
+    pixels = np.asarray(quadrant_image(3, np.random.default_rng(0), size=96))  # big enough for several superpixels
+    pre = teacher.preprocessing
+    tensor = (torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255
+              - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    image = EvalImage("q3", pixels, tensor, int(teacher(tensor).argmax(1)[0]))
+    gradcam = GradCamMethod(teacher)
+    assert gradcam.layer_name == "features.4"
+    cam = gradcam.explain(image)
+    gradcam.close()
+    assert cam.shape == (96, 96) and cam.min() >= 0 and np.isfinite(cam).all()
+    lime = LimeMethod(teacher, samples=40, batch_size=20)
+    first = lime.explain(image)
+    assert first.shape == (96, 96) and np.isfinite(first).all() and np.ptp(first) > 0
+    np.testing.assert_array_equal(first, lime.explain(image))  # seeded
+
+
+def test_gradcam_refuses_a_black_box_and_unknown_layers(tiny_net):
+    pytest.importorskip("pytorch_grad_cam")
+    from akd.util import AkdError
+
+    black_box = patch_teacher()
+    black_box.module = None
+    with pytest.raises(AkdError, match="black box"):
+        GradCamMethod(black_box)
+    with pytest.raises(AkdError, match="no layer 'nope'"):
+        GradCamMethod(_module_teacher(tiny_net, Preprocessing(input_size=32), {"name": "tiny"}), layer="nope")
+
+
+# ---- report and CLI ---------------------------------------------------------------------------------------------
+def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_path):
+    pytest.importorskip("pytorch_grad_cam")
+    pytest.importorskip("lime")
+    from akd.evaluate.report import EvalOptions, evaluate, markdown
+    from akd.models.surrogate import read_checkpoint
+
+    _, header = read_checkpoint(tiny_checkpoint)
+    pre = json.loads(header["config"])["preprocessing"]
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(8, 5))
+    teacher = _module_teacher(target, Preprocessing(64, tuple(pre["mean"]), tuple(pre["std"])), {"name": "tiny"})
+    options = EvalOptions(models=[str(tiny_checkpoint)], data=str(flat_folder), out=str(tmp_path / "report"),
+                          limit=3, subsets={"rise": 2, "lime": 2}, rise_masks=50, lime_samples=20)
+    report = evaluate(options, teacher, progress=False)
+    assert report["images"] == 3 and report["common_images"] == 2
+    assert report["settings"]["points"] == 9  # 64 x 64 pixels, 64 * 8 per step
+    assert set(report["results"]) == {"akd", "gradcam", "rise", "lime"}
+    assert report["results"]["akd"]["all"]["insertion"]["count"] == 3
+    assert report["results"]["rise"]["all"]["insertion"]["count"] == 2
+    for result in report["results"].values():
+        assert len(result["curves"]["insertion"]) == 9
+        assert 0 <= result["common"]["deletion"]["mean"] <= 1
+    folder = tmp_path / "report"
+    assert json.loads((folder / "report.json").read_text())["images"] == 3
+    assert "Table 4" in (folder / "report.md").read_text() == markdown(report)
+    for figure in ("curves.png", "overlays.png"):
+        assert (folder / figure).read_bytes()[:4] == b"\x89PNG"
+    assert not list(folder.glob(".*tmp"))
+
+
+@pytest.mark.parametrize("extra, fragment", [
+    (["--methods", "akd,magic"], "unknown method 'magic'"),
+    (["--subset", "rise"], "expected METHOD=N"),
+    (["--methods", "gradcam", "--subset", "rise=2"], "--subset rise"),
+    (["--model", "missing.onnx", "--methods", "akd"], "missing.onnx: model not found"),
+])
+def test_cli_errors_are_one_line(torchscript_target, flat_folder, tmp_path, capsys, extra, fragment):
+    code = main(["evaluate", "--teacher", str(torchscript_target), "--data", str(flat_folder),
+                 "--out", str(tmp_path / "r"), "--no-progress", *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and fragment in err and "Traceback" not in err
+    assert not (tmp_path / "r").exists()
+
+
+def test_cli_missing_data(torchscript_target, tmp_path, capsys):
+    code = main(["evaluate", "--teacher", str(torchscript_target), "--data", str(tmp_path / "none"),
+                 "--methods", "rise", "--out", str(tmp_path / "r")])
+    assert code == 2 and "none" in capsys.readouterr().err
