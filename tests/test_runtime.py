@@ -1,3 +1,4 @@
+import os
 import threading
 
 import cv2
@@ -345,3 +346,26 @@ def test_cuda_python_binding_reports_cuda_errors_clearly():
 
     with pytest.raises(AkdError, match="CUDA error"):
         CudaPython().pinned((2, 3), np.float32)
+
+
+def test_shipped_surrogate_is_the_default_and_knows_a_cat():
+    """SaliencyEngine.load() with no model uses the surrogate packaged in akd: ImageNet names, no training
+    state, <= 30 MB, and it sees the cat in scikit-image's 'chelsea' photo (ImageNet cats are classes 281-285)."""
+    import json
+
+    import skimage.data
+
+    from akd.models.surrogate import TRAIN_STATE_PREFIX, read_checkpoint
+    from akd.runtime.engine import default_model
+
+    path = default_model()
+    assert os.path.getsize(path) <= 30e6
+    tensors, header = read_checkpoint(path)
+    assert not any(name.startswith(TRAIN_STATE_PREFIX) for name in tensors) and "train_state" not in header
+    assert json.loads(header["config"])["target"]["name"] == "efficientnet_lite0"
+    with SaliencyEngine.load(color="rgb") as engine:
+        assert engine.classes[281] == "tabby" and len(engine.classes) == 1000
+        result = engine.explain(skimage.data.chelsea())
+    assert 281 <= result.class_id <= 285, result.label
+    assert result.saliency.shape == skimage.data.chelsea().shape[:2]
+    assert 0.05 < result.saliency.mean() < 0.6

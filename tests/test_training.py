@@ -159,3 +159,19 @@ def _weights_at_init(reference: dict[str, torch.Tensor]) -> dict[str, torch.Tens
     torch.manual_seed(0)
     model = Surrogate({"student": "resnet18_cbam", "classes": ["a", "b", "c", "d"]})
     return {k: v for k, v in model.state_dict().items() if k in reference and "attention" in k}
+
+
+def test_stage_batch_size_and_the_batch_flag():
+    recipe = load_recipe("imagenet-lite0")
+    assert recipe["stages"]["explainer"]["batch_size"] == 16 and recipe["batch_size"] == 32
+    assert recipe["rank_prior"] > 0 and recipe["sparsity"] == 0
+    flagged = apply_overrides(recipe, [], batch_size=8)  # the flag is the global batch of every stage
+    assert flagged["batch_size"] == 8 and "batch_size" not in flagged["stages"]["explainer"]
+    assert "batch_size" in recipe["stages"]["explainer"]  # overrides never touch the loaded recipe
+
+
+def test_rank_prior_power_must_be_positive():
+    from akd.util import AkdError
+
+    with pytest.raises(AkdError, match="rank_prior_power"):
+        apply_overrides(load_recipe("imagenet-lite0"), ["rank_prior_power=0"])

@@ -133,7 +133,8 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", metavar="SURROGATE.safetensors")
+    parser.add_argument("checkpoint", metavar="SURROGATE.safetensors", nargs="?",
+                        help="default: the surrogate shipped with akd (then --out is required)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                         help="fp32 (default: exact parity), fp16 (GPU), int8 (needs --calib-data)")
     parser.add_argument("--format", default="onnx", choices=["onnx", "engine", "all"],
@@ -160,9 +161,12 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 def run_export(args: argparse.Namespace) -> int:
     from akd.export.exporter import ExportOptions, export, summarize
     from akd.export.tensorrt import EngineOptions
+    from akd.runtime.engine import default_model
 
+    if args.checkpoint is None and args.out is None:
+        raise AkdError("--out is required when exporting the shipped surrogate (it lives inside the package)")
     written = export(ExportOptions(
-        checkpoint=args.checkpoint, out=args.out, precision=args.precision, format=args.format,
+        checkpoint=args.checkpoint or default_model(), out=args.out, precision=args.precision, format=args.format,
         input_format=args.input_format, include_target=args.include_target, verify=not args.no_verify,
         parity_data=args.parity_data, calib_data=args.calib_data, num_images=args.num_images,
         calibration_method=args.calibration_method, int8_target=args.int8_target, max_drift=args.max_drift,

@@ -84,8 +84,10 @@ def apply_overrides(recipe: dict[str, Any], overrides: list[str], epochs: int | 
     if epochs is not None:
         for spec in recipe["stages"].values():
             spec["epochs"] = epochs
-    if batch_size is not None:
+    if batch_size is not None:  # the flag sets every stage's batch
         recipe["batch_size"] = batch_size
+        for spec in recipe["stages"].values():
+            spec.pop("batch_size", None)
     return validate_recipe(recipe, "overridden recipe")
 
 

@@ -311,7 +311,7 @@ class Trainer:
         lr = learning_rate(spec, epoch)
         for group in optimizer.param_groups:
             group["lr"] = lr * group["lr_scale"]
-        per_rank_batch = max(1, recipe["batch_size"] // env.world)
+        per_rank_batch = max(1, spec.get("batch_size", recipe["batch_size"]) // env.world)
         indices = shard_indices(len(dataset), dataset.epoch, options.seed, env.rank, env.world, shuffle=True)
         loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=per_rank_batch,
                                              shuffle=False, num_workers=options.workers, collate_fn=collate)
