@@ -9,12 +9,13 @@ run=runs/quickstart
 rm -rf "$run"
 bin=.venv/bin
 $bin/akd-export --out "$run/surrogate.onnx"
-$bin/akd-calibrate "$run/surrogate.onnx" --data sample-photos --out "$run/surrogate.int8.onnx"
+$bin/akd-calibrate "$run/surrogate.onnx" --data sample-photos --num-images 20 \
+    --out "$run/surrogate.int8.onnx"
 $bin/python -c "from akd.runtime.video import demo_clip; demo_clip('$run/sample.avi', 150)"
 for model in surrogate surrogate.int8; do
     $bin/akd-explain "$run/sample.avi" --model "$run/$model.onnx" --out "$run/explain-$model" --smoothing 0.5 \
         --no-progress
 done
 $bin/akd-evaluate --model "$run/surrogate.onnx" --model "$run/surrogate.int8.onnx" --teacher efficientnet_lite0 \
-    --data sample-photos --subset rise=2 --subset lime=4 --threads 2 --no-progress --out "$run/evaluate"
+    --data sample-photos --limit 16 --subset rise=2 --subset lime=4 --threads 2 --no-progress --out "$run/evaluate"
 echo "overlay videos: $run/explain-*/sample.overlay.mp4; report: $run/evaluate/report.md (+ curves.png, overlays.png)"

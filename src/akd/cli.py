@@ -137,8 +137,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="default: the surrogate shipped with akd (then --out is required)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                         help="fp32 (default: exact parity), fp16 (GPU), int8 (needs --calib-data)")
-    parser.add_argument("--format", default="onnx", choices=["onnx", "engine", "all"],
-                        help="onnx graph, TensorRT engine (+ .engine.json), or both (engine implies the graph)")
+    parser.add_argument("--format", default="onnx", choices=["onnx", "engine", "all", "triton", "deepstream"],
+                        help="onnx graph, TensorRT engine (+ .engine.json), or both (engine implies the graph); "
+                             "triton: a model repository at --out; deepstream: the graph + an nvinfer config")
     parser.add_argument("--out", help="output .onnx path or folder (default: beside the checkpoint)")
     parser.add_argument("--input-format", default="float-nchw", choices=["float-nchw", "uint8-nhwc"],
                         help="uint8-nhwc fuses scaling and normalisation into the graph")
@@ -156,10 +157,19 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--version-compatible", action="store_true", help="TensorRT version-compatible engine")
     parser.add_argument("--hardware-compatibility", default="none",
                         choices=["none", "ampere-plus", "same-compute-capability"])
+    triton = parser.add_argument_group("Triton (--format triton; max_batch_size = the --batch profile's MAX)")
+    triton.add_argument("--triton-name", default="akd_surrogate", help="model name in the repository")
+    triton.add_argument("--triton-platform", default="onnxruntime_onnx", choices=["onnxruntime_onnx", "tensorrt_plan"])
+    triton.add_argument("--triton-instances", type=_positive_int, default=1, help="instance_group count")
+    triton.add_argument("--triton-kind", default="gpu", choices=["gpu", "cpu"], help="instance_group kind")
+    triton.add_argument("--triton-queue-delay-us", type=int, default=500, help="dynamic batching queue delay")
+    triton.add_argument("--triton-ort-tensorrt", choices=["FP32", "FP16", "INT8"],
+                        help="enable onnxruntime's TensorRT accelerator at this precision")
 
 
 def run_export(args: argparse.Namespace) -> int:
     from akd.export.exporter import ExportOptions, export, summarize
+    from akd.export.serving import TritonOptions
     from akd.export.tensorrt import EngineOptions
     from akd.runtime.engine import default_model
 
@@ -173,7 +183,12 @@ def run_export(args: argparse.Namespace) -> int:
         cache_dir=args.cache_dir, force=args.force,
         engine=EngineOptions(batch=args.batch, workspace_mb=args.workspace, timing_cache=args.timing_cache,
                              dla_core=args.dla_core, version_compatible=args.version_compatible,
-                             hardware_compatibility=args.hardware_compatibility)))
+                             hardware_compatibility=args.hardware_compatibility),
+        triton=TritonOptions(name=args.triton_name, platform=args.triton_platform, max_batch=args.batch[2],
+                             preferred_batches=(args.batch[1], args.batch[2]),
+                             queue_delay_us=args.triton_queue_delay_us, instances=args.triton_instances,
+                             kind=f"KIND_{args.triton_kind.upper()}",
+                             ort_tensorrt=args.triton_ort_tensorrt)))
     print(f"akd-export: wrote {summarize(written)}")
     return 0
 

@@ -25,11 +25,12 @@ from akd.export.graph import (
     save_model,
     set_metadata,
 )
+from akd.export.serving import TritonOptions, deepstream_config, triton_config, validate_triton_config
 from akd.export.tensorrt import EngineOptions
-from akd.util import AkdError, sha256_file
+from akd.util import AkdError, atomic_path, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
-FORMATS = ("onnx", "engine", "all")
+FORMATS = ("onnx", "engine", "all", "triton", "deepstream")
 
 
 @dataclass
@@ -49,12 +50,22 @@ class ExportOptions:
     max_drift: float = DEFAULT_MAX_DRIFT
     cache_dir: str | None = None
     engine: EngineOptions = field(default_factory=EngineOptions)  # TensorRT build settings
+    triton: TritonOptions = field(default_factory=TritonOptions)  # --format triton
     force: bool = False
+
+    @property
+    def wants_engine(self) -> bool:
+        return self.format in ("engine", "all") or (self.format == "triton" and self.triton.platform == "tensorrt_plan")
 
 
 def output_paths(options: ExportOptions) -> tuple[Path, Path]:
     """(onnx path, engine path): ``surrogate.onnx``, ``surrogate.fp16.onnx``, ``surrogate.int8.onnx`` next to the
     checkpoint, or under/at ``--out``."""
+    if options.format == "triton":  # REPO/<name>/1/model.onnx, or the plan there and its source graph beside
+        folder = Path(options.out) / options.triton.name
+        if options.triton.platform == "tensorrt_plan":
+            return folder / "model.onnx", folder / "1" / "model.plan"
+        return folder / "1" / "model.onnx", folder / "model.engine"
     suffix = "" if options.precision == "fp32" else f".{options.precision}"
     checkpoint = Path(options.checkpoint)
     if options.out and options.out.endswith(".onnx"):
@@ -92,17 +103,22 @@ def export(options: ExportOptions) -> list[Path]:
         raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
     if options.precision == "int8" and not options.calib_data:
         raise AkdError("--precision int8 needs --calib-data DIR (images or videos to calibrate on)")
-    wants_engine = options.format in ("engine", "all")
+    if options.format == "triton" and not options.out:
+        raise AkdError("--format triton needs --out REPO (the model repository folder)")
+    wants_engine = options.wants_engine
     if wants_engine:
         from akd.export.tensorrt import require_tensorrt
 
         require_tensorrt()  # before any work: without TensorRT nothing is written
     onnx_path, engine_path = output_paths(options)
     planned = [onnx_path] + ([engine_path, engine_path.with_suffix(".engine.json")] if wants_engine else [])
-    refuse_overwrite(planned, options.force)
+    serving = serving_files(options, onnx_path)
+    refuse_overwrite(planned + list(serving), options.force)
 
     surrogate = load_surrogate(options.checkpoint)
     config = surrogate.config
+    if options.format == "triton":  # validated before any work, so a bad config never costs an export
+        validate_triton_config(triton_config(config, options.input_format, options.triton.platform, options.triton))
     source_sha = sha256_file(options.checkpoint)
     target = _target_module(config) if options.include_target else None
     reference = DeployableSurrogate(surrogate, options.input_format, target).eval()
@@ -135,7 +151,34 @@ def export(options: ExportOptions) -> list[Path]:
         written += build_engine(onnx_path, engine_path, replace(
             options.engine, precision=options.precision, calib_data=options.calib_data,
             num_images=options.num_images))
+    metadata = read_metadata(model)
+    for path, text in serving_texts(options, serving, metadata, onnx_path, config).items():
+        with atomic_path(path) as tmp:
+            tmp.write_text(text)
+        written.append(path)
     return written
+
+
+def serving_files(options: ExportOptions, onnx_path: Path) -> list[Path]:
+    """Configuration files --format triton / deepstream add next to the graph."""
+    if options.format == "triton":
+        folder = Path(options.out) / options.triton.name
+        return [folder / "config.pbtxt", folder / "labels.txt"]
+    if options.format == "deepstream":
+        return [onnx_path.with_suffix(".nvinfer.txt"), onnx_path.with_suffix(".labels.txt")]
+    return []
+
+
+def serving_texts(options: ExportOptions, paths: list[Path], metadata: dict[str, str], onnx_path: Path,
+                  config: dict[str, Any]) -> dict[Path, str]:
+    labels = "\n".join(config["classes"]) + "\n"
+    if options.format == "triton":
+        text = triton_config(config, options.input_format, options.triton.platform, options.triton)
+        return dict(zip(paths, [text, labels], strict=True))
+    if options.format == "deepstream":
+        text = deepstream_config(metadata, onnx_path.name, None, options.engine.batch[1], paths[1].name)
+        return dict(zip(paths, [text, labels], strict=True))
+    return {}
 
 
 def _verify_against_torch(reference, model, config, options: ExportOptions, precision: str,

@@ -1,0 +1,126 @@
+"""Serving artifacts generated from an exported graph: a Triton model repository and a DeepStream nvinfer config.
+
+Both are derived from the graph's own metadata (``akd_config``: input size, normalisation, class names;
+``akd_input_format``; ``akd_precision``) so Triton, DeepStream and the Python runtime cannot disagree.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from akd.util import AkdError
+
+TRITON_PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
+
+
+@dataclass
+class TritonOptions:
+    name: str = "akd_surrogate"
+    platform: str = "onnxruntime_onnx"  # or tensorrt_plan
+    max_batch: int = 32
+    preferred_batches: tuple[int, ...] = (8, 32)
+    queue_delay_us: int = 500
+    instances: int = 1
+    kind: str = "KIND_GPU"  # KIND_GPU | KIND_CPU
+    ort_tensorrt: str | None = None  # onnxruntime's TensorRT accelerator: None | FP32 | FP16 | INT8
+
+
+def graph_signature(config: dict[str, Any], input_format: str) -> dict[str, tuple[str, list[int]]]:
+    """Tensor name -> (Triton data type, per-sample dims) of the fused graph (DESIGN.md contract)."""
+    height, width = (int(v) for v in config["input_size"])
+    images = ("TYPE_UINT8", [height, width, 3]) if input_format == "uint8-nhwc" else ("TYPE_FP32", [3, height, width])
+    return {"images": images, "saliency": ("TYPE_FP32", [1, height, width]),
+            "logits": ("TYPE_FP32", [len(config["classes"])]), "class_id": ("TYPE_INT32", [1]),
+            "score": ("TYPE_FP32", [1])}
+
+
+def triton_config(config: dict[str, Any], input_format: str, platform: str, options: TritonOptions) -> str:
+    """config.pbtxt text. class_id and score are (N) tensors: dims [1] reshaped to scalars per sample."""
+    signature = graph_signature(config, input_format)
+
+    def tensor(name: str, extra: str = "") -> str:
+        dtype, dims = signature[name]
+        shape = ", ".join(map(str, dims))
+        return f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: [ {shape} ]\n{extra}  }}'
+
+    scalar = "    reshape: { shape: [ ] }\n"
+    outputs = [tensor("saliency"), tensor("logits", '    label_filename: "labels.txt"\n'),
+               tensor("class_id", scalar), tensor("score", scalar)]
+    preferred = sorted({b for b in options.preferred_batches if b <= options.max_batch})
+    joined = ",\n".join(outputs)
+    lines = [f'name: "{options.name}"', f'platform: "{platform}"', f"max_batch_size: {options.max_batch}",
+             f"input [\n{tensor('images')}\n]", f"output [\n{joined}\n]",
+             "dynamic_batching {", f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
+             f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}",
+             f"instance_group [\n  {{\n    count: {options.instances}\n    kind: {options.kind}\n  }}\n]"]
+    if options.ort_tensorrt:
+        if platform != "onnxruntime_onnx":
+            raise AkdError("--triton-ort-tensorrt applies to the onnxruntime_onnx platform only")
+        lines.append('optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" '
+                     f'parameters {{ key: "precision_mode" value: "{options.ort_tensorrt}" }} }} ] }} }}')
+    lines.append(f'parameters {{ key: "akd_input_format" value: {{ string_value: "{input_format}" }} }}')
+    return "\n".join(lines) + "\n"
+
+
+def validate_triton_config(text: str) -> Any:
+    """Parse into Triton's own ModelConfig protobuf (tritonclient's model_config_pb2); raise on any error."""
+    try:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+    except ImportError:
+        raise AkdError("validating a Triton config needs tritonclient: pip install 'akd[serve]'") from None
+    try:
+        return text_format.Parse(text, model_config_pb2.ModelConfig())
+    except text_format.ParseError as exc:
+        raise AkdError(f"generated Triton config does not parse as ModelConfig ({exc}); this is an akd bug") from None
+
+
+NETWORK_MODES = {"fp32": 0, "int8": 1, "fp16": 2}
+
+
+def deepstream_config(metadata: dict[str, str], onnx_file: str, engine_file: str | None, batch: int,
+                      labels_file: str | None = None) -> str:
+    """An nvinfer [property] section for the raw-tensor path: network-type=100 (other), output-tensor-meta=1 so
+    a pad probe gets ``saliency``/``class_id``/``score`` as NvDsInferTensorMeta. nvinfer computes
+    ``net-scale-factor * (pixel - offset)`` with one scale for all channels: exact for targets with one std
+    (EfficientNet-Lite0: (x - 127) / 128), the mean of the three otherwise (a warning line says so)."""
+    config = json.loads(metadata["akd_config"])
+    if metadata.get("akd_input_format") != "float-nchw":
+        raise AkdError("DeepStream feeds float NCHW tensors: export with --input-format float-nchw")
+    pre = config["preprocessing"]
+    std = [float(v) for v in pre["std"]]
+    scale = 1.0 / (255.0 * sum(std) / 3)
+    offsets = ";".join(f"{255.0 * float(m):.4f}" for m in pre["mean"])
+    height, width = (int(v) for v in config["input_size"])
+    lines = ["# generated by akd-export from the graph's metadata; see docs/deploy.md"]
+    if max(std) - min(std) > 0.01 * max(std):
+        lines.append(f"# note: per-channel std {std} approximated by their mean (nvinfer has one scale factor)")
+    lines += ["[property]", "gpu-id=0", f"net-scale-factor={scale:.10f}", f"offsets={offsets}",
+              "model-color-format=0", f"onnx-file={onnx_file}"]
+    if engine_file:
+        lines.append(f"model-engine-file={engine_file}")
+    if labels_file:
+        lines.append(f"labelfile-path={labels_file}")
+    lines += [f"infer-dims=3;{height};{width}", f"batch-size={batch}",
+              f"network-mode={NETWORK_MODES[metadata.get('akd_precision', 'fp32')]}",
+              "network-type=100", "output-tensor-meta=1", "process-mode=1", "maintain-aspect-ratio=1",
+              "symmetric-padding=1", "gie-unique-id=1", "output-blob-names=saliency;class_id;score"]
+    return "\n".join(lines) + "\n"
+
+
+def parse_deepstream_config(text: str) -> dict[str, str]:
+    """The [property] keys of an nvinfer config (GLib key-file syntax: ``key=value``, ``#`` comments)."""
+    values: dict[str, str] = {}
+    section = None
+    for line in text.splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+        elif section == "property":
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
