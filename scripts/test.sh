@@ -6,4 +6,5 @@ bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks scripts
 .venv/bin/mypy --ignore-missing-imports --follow-imports=silent --check-untyped-defs src/akd/export/tensorrt.py \
     src/akd/runtime/backends/tensorrt.py
+bash scripts/build_cpp.sh ${AKD_CPP_DEPS:-}  # the C++ runtime, for its parity tests (skipped when not built)
 .venv/bin/python -m pytest -q "$@"

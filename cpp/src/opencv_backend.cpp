@@ -1,0 +1,61 @@
+// OpenCV DNN running the fused akd graph on the CPU: a normalised NCHW blob in, saliency and logits out.
+#include <opencv2/dnn.hpp>
+
+#include "akd/runtime.hpp"
+
+namespace akd {
+namespace {
+
+class OpenCvBackend : public Backend {
+ public:
+  OpenCvBackend(const std::string& path, const ModelConfig& config) : config_(config) {
+    if (config.input_format != "float-nchw") {
+      throw Error(path + ": the OpenCV backend runs float-nchw graphs; export with --input-format float-nchw");
+    }
+    try {
+      const std::string graph = opencv_compatible(path);
+      net_ = cv::dnn::readNetFromONNX(graph.data(), graph.size());
+    } catch (const cv::Exception& error) {
+      throw Error(path + ": OpenCV DNN cannot load this graph (" + error.err + ")");
+    }
+    net_.setPreferableBackend(cv::dnn::DNN_BACKEND_OPENCV);
+    net_.setPreferableTarget(cv::dnn::DNN_TARGET_CPU);
+    for (int c = 0; c < 3; ++c) {  // normalised = pixel * scale - offset, as akd's Python runtime computes it
+      scale_[c] = 1.f / (255.f * config.std[c]);
+      offset_[c] = config.mean[c] / config.std[c];
+    }
+  }
+
+  void infer(const cv::Mat& rgb, cv::Mat& saliency, std::vector<float>& logits) override {
+    const int size[] = {1, 3, rgb.rows, rgb.cols};
+    cv::Mat blob(4, size, CV_32F);
+    std::vector<cv::Mat> planes;
+    cv::split(rgb, planes);
+    for (int c = 0; c < 3; ++c) {
+      cv::Mat plane(rgb.rows, rgb.cols, CV_32F, blob.ptr<float>(0, c));
+      planes[c].convertTo(plane, CV_32F, scale_[c], -offset_[c]);
+    }
+    net_.setInput(blob, "images");
+    std::vector<cv::Mat> outputs;
+    net_.forward(outputs, std::vector<cv::String>{"saliency", "logits"});
+    saliency = cv::Mat(rgb.rows, rgb.cols, CV_32F, outputs[0].ptr<float>()).clone();
+    const float* values = outputs[1].ptr<float>();
+    logits.assign(values, values + outputs[1].total());
+  }
+
+  std::string name() const override { return "opencv-dnn"; }
+
+ private:
+  ModelConfig config_;
+  cv::dnn::Net net_;
+  float scale_[3];
+  float offset_[3];
+};
+
+}  // namespace
+
+std::unique_ptr<Backend> open_opencv_backend(const std::string& onnx_path, const ModelConfig& config) {
+  return std::make_unique<OpenCvBackend>(onnx_path, config);
+}
+
+}  // namespace akd

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Build the C++ runtime (akd_runtime, akd-infer) into build/cpp and run its ctest entries. Needs CMake, a C++17
+# compiler, OpenCV 4 with dnn (Debian: libopencv-dev) and nlohmann-json (nlohmann-json3-dev); --install-deps
+# installs the two packages with apt-get when they are missing and we are root. Without them it says so and
+# exits 0, and the C++ parity tests skip.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+have_deps() { pkg-config --exists opencv4 && [[ -f /usr/include/nlohmann/json.hpp ]]; }
+if [[ ${1:-} == --install-deps ]] && ! have_deps && [[ $(id -u) == 0 ]] && command -v apt-get > /dev/null; then
+    echo "build_cpp: installing libopencv-dev nlohmann-json3-dev" >&2
+    (apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+        libopencv-dev nlohmann-json3-dev) > build-deps.log 2>&1 || echo "build_cpp: apt-get failed (build-deps.log)" >&2
+fi
+if ! command -v cmake > /dev/null || ! have_deps; then
+    echo "build_cpp: CMake, OpenCV 4 or nlohmann-json missing - C++ runtime not built" >&2
+    exit 0
+fi
+cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Release > /dev/null
+cmake --build build/cpp -j "$(nproc)"
+ctest --test-dir build/cpp --output-on-failure
