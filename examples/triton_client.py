@@ -2,7 +2,10 @@
 
     tritonserver --model-repository REPO &
     python examples/triton_client.py photo.jpg [more.jpg ...] [--url localhost:8001] [--model akd_surrogate]
-        [--config surrogate-config.json]
+        [--config surrogate-config.json] [--shard K/N] [--batch 8]
+
+Many files: start N clients with --shard 0/N ... N-1/N (each takes every N-th file); Triton's dynamic batcher
+merges their requests on the GPU.
 
 The input shape and dtype come from the server's model metadata. Float graphs need the surrogate's mean/std:
 ``--config`` (the JSON in the graph's ``akd_config`` metadata) or EfficientNet-Lite0's (x - 127) / 128 by
@@ -54,7 +57,11 @@ def main() -> None:
     parser.add_argument("--url", default="localhost:8001")
     parser.add_argument("--model", default="akd_surrogate")
     parser.add_argument("--config", help="surrogate config JSON (for mean/std); default EfficientNet-Lite0's")
+    parser.add_argument("--shard", default="0/1", help="K/N: explain every N-th file starting at the K-th")
+    parser.add_argument("--batch", type=int, default=8, help="images per request")
     args = parser.parse_args()
+    index, count = (int(v) for v in args.shard.split("/"))
+    paths = args.images[index::count]
     client = grpcclient.InferenceServerClient(args.url)
     metadata = client.get_model_metadata(args.model, as_json=True)
     shape = [int(d) for d in metadata["inputs"][0]["shape"][1:]]
@@ -65,16 +72,16 @@ def main() -> None:
         with open(args.config) as handle:
             pre = json.load(handle)["preprocessing"]
     mean, std = np.asarray(pre["mean"], np.float32), np.asarray(pre["std"], np.float32)
-    batch = np.stack([preprocess(path, size, mean, std, uint8) for path in args.images])
-    inputs, outputs = build_request(batch)
-    result = client.infer(args.model, inputs, outputs=outputs)
-    saliency = result.as_numpy("saliency")
-    for path, maps, class_id, score in zip(args.images, saliency, result.as_numpy("class_id"),
-                                            result.as_numpy("score"), strict=True):
-        heat = cv2.applyColorMap((maps[0] * 255).astype(np.uint8), cv2.COLORMAP_JET)
-        out = path.rsplit(".", 1)[0] + ".triton.png"
-        cv2.imwrite(out, heat)
-        print(f"{path}: class {int(class_id)} score {float(score):.3f} mean saliency {maps.mean():.3f} -> {out}")
+    for start in range(0, len(paths), args.batch):
+        chunk = paths[start:start + args.batch]
+        inputs, outputs = build_request(np.stack([preprocess(path, size, mean, std, uint8) for path in chunk]))
+        result = client.infer(args.model, inputs, outputs=outputs)
+        for path, maps, class_id, score in zip(chunk, result.as_numpy("saliency"), result.as_numpy("class_id"),
+                                                result.as_numpy("score"), strict=True):
+            heat = cv2.applyColorMap((maps[0] * 255).astype(np.uint8), cv2.COLORMAP_JET)
+            out = path.rsplit(".", 1)[0] + ".triton.png"
+            cv2.imwrite(out, heat)
+            print(f"{path}: class {int(class_id)} score {float(score):.3f} mean saliency {maps.mean():.3f} -> {out}")
 
 
 if __name__ == "__main__":

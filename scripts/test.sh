@@ -3,7 +3,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
-.venv/bin/ruff check src tests benchmarks scripts
+.venv/bin/ruff check src tests benchmarks scripts examples
 .venv/bin/mypy --ignore-missing-imports --follow-imports=silent --check-untyped-defs src/akd/export/tensorrt.py \
     src/akd/runtime/backends/tensorrt.py
 bash scripts/build_cpp.sh ${AKD_CPP_DEPS:-}  # the C++ runtime, for its parity tests (skipped when not built)
