@@ -129,3 +129,82 @@ def test_examples_build_a_triton_request_and_blend_a_map(tmp_path):
     modules["deepstream_probe"].blend(frame, saliency)
     assert frame[:, :, 3].max() == 0  # alpha untouched
     assert not np.array_equal(frame[:, 100, :3], frame[:, 10, :3])  # hot half differs from cold half
+
+
+class FakeTriton:
+    """Stands in for tritonclient's InferenceServerClient: serves one model config and runs the graph with
+    onnxruntime, so the Triton runner is tested end to end without a server."""
+
+    def __init__(self, config_text: str, onnx_path):
+        import onnxruntime as ort
+        from google.protobuf import json_format, text_format
+        from tritonclient.grpc import model_config_pb2
+
+        parsed = text_format.Parse(config_text, model_config_pb2.ModelConfig())
+        self.config = {"config": json_format.MessageToDict(parsed, preserving_proto_field_name=True)}
+        self.session = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
+        self.batches: list[int] = []
+
+    def get_model_config(self, model, as_json=False):
+        assert as_json and model == "tiny"
+        return self.config
+
+    def infer(self, model, inputs, outputs):
+        import numpy as np
+
+        dtype = np.uint8 if inputs[0].datatype() == "UINT8" else np.float32
+        batch = np.frombuffer(inputs[0]._raw_content, dtype).reshape(inputs[0].shape())
+        self.batches.append(len(batch))
+        names = [o.name() for o in outputs]
+        values = dict(zip(names, self.session.run(names, {"images": batch}), strict=True))
+
+        class Result:
+            def as_numpy(self, name):
+                return values[name].reshape(len(batch), 1) if name in ("class_id", "score") else values[name]
+
+        return Result()
+
+    def close(self):
+        pass
+
+
+def test_triton_runner_matches_the_local_graph(tiny_checkpoint, tmp_path, capsys):
+    pytest.importorskip("tritonclient.grpc")
+    import numpy as np
+
+    from akd.runtime import SaliencyEngine
+    from akd.runtime.backends.triton import TritonRunner
+
+    repo = tmp_path / "repo"
+    assert main(["export", str(tiny_checkpoint), "--format", "triton", "--out", str(repo), "--triton-name", "tiny",
+                 "--batch", "1,2,4", "--no-verify"]) == 0, capsys.readouterr().err
+    onnx_path = repo / "tiny" / "1" / "model.onnx"
+    fake = FakeTriton((repo / "tiny" / "config.pbtxt").read_text(), onnx_path)
+    remote = SaliencyEngine(TritonRunner("grpc://localhost:8001/tiny", client=fake))
+    local = SaliencyEngine.load(str(onnx_path))
+    assert remote.info.max_batch == 4 and remote.classes == local.classes
+    frames = [np.random.default_rng(i).integers(0, 255, (48, 80, 3), dtype=np.uint8) for i in range(6)]
+    for got, want in zip(remote.explain(frames), local.explain(frames), strict=True):
+        assert got.class_id == want.class_id and np.abs(got.saliency - want.saliency).max() < 1e-5
+    assert fake.batches == [4, 2]  # split at the served max_batch_size
+
+
+@pytest.mark.parametrize("url", ["http://host:8000/m", "grpc://host:8001", "grpc://host:8001/a/b"])
+def test_triton_urls_are_checked(url):
+    from akd.runtime.backends.triton import parse_url
+
+    with pytest.raises(AkdError, match="grpc://HOST:PORT/MODEL"):
+        parse_url(url)
+
+
+def test_explain_shards_split_the_inputs(tiny_checkpoint, flat_folder, tmp_path):
+    from akd.runtime import SaliencyEngine
+    from akd.runtime.explain import explain_inputs
+
+    done = []
+    with SaliencyEngine.load(str(tiny_checkpoint)) as engine:
+        for index in range(3):
+            summary = explain_inputs(engine, [str(flat_folder)], str(tmp_path / f"s{index}"), progress=False,
+                                     shard=(index, 3))
+            done.append({p.name for p in summary.written})
+    assert sum(len(names) for names in done) == 8 and not (done[0] & done[1]) and not (done[1] & done[2])

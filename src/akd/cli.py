@@ -212,7 +212,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 
 
 def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch"])
+    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch", "triton"])
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--fit", default="letterbox", choices=["letterbox", "crop", "stretch"],
                         help="how frames meet the model input (default letterbox: whole frame, aspect kept)")
@@ -221,19 +221,30 @@ def _add_engine_arguments(parser: argparse.ArgumentParser) -> None:
 def _open_engine(args: argparse.Namespace):
     from akd.runtime import SaliencyEngine
 
-    options = {} if args.device == "auto" or args.backend == "tensorrt" else {"device": args.device}
+    remote = args.backend == "triton" or (args.model or "").startswith("grpc://")  # the server picks its device
+    options = {} if args.device == "auto" or args.backend == "tensorrt" or remote else {"device": args.device}
     return SaliencyEngine.load(args.model, backend=args.backend, fit=args.fit, **options)
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", nargs="+", metavar="INPUT", help="images, folders and videos")
-    parser.add_argument("--model", help=".onnx, .engine or .safetensors (default: the shipped surrogate)")
+    parser.add_argument("--model", help=".onnx, .engine, .safetensors or grpc://HOST:PORT/MODEL on a Triton server "
+                                        "(default: the shipped surrogate)")
     parser.add_argument("--out", default="akd-explain-out", help="output folder (default: akd-explain-out)")
     parser.add_argument("--maps", choices=["npy", "png", "both"], help="also save raw saliency maps")
     parser.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of the previous map for videos")
     parser.add_argument("--batch-size", type=_positive_int, default=1, help="frames per inference for videos")
+    parser.add_argument("--shard", type=_shard, default=(0, 1), metavar="K/N",
+                        help="explain every N-th input file starting at the K-th (split work across processes)")
     parser.add_argument("--no-progress", action="store_true")
     _add_engine_arguments(parser)
+
+
+def _shard(text: str) -> tuple[int, int]:
+    index, sep, count = text.partition("/")
+    if not sep or not index.isdigit() or not count.isdigit() or not int(index) < int(count):
+        raise argparse.ArgumentTypeError(f"expected K/N with 0 <= K < N, got '{text}'")
+    return int(index), int(count)
 
 
 def run_explain(args: argparse.Namespace) -> int:
@@ -241,7 +252,7 @@ def run_explain(args: argparse.Namespace) -> int:
 
     with _open_engine(args) as engine:
         summary = explain_inputs(engine, args.inputs, args.out, args.maps, args.smoothing, args.batch_size,
-                                 progress=not args.no_progress)
+                                 progress=not args.no_progress, shard=args.shard)
     print(f"akd-explain: {summary.line()}; wrote {len(summary.written)} files to {args.out}")
     return 0
 

@@ -61,7 +61,13 @@ def triton_config(config: dict[str, Any], input_format: str, platform: str, opti
         lines.append('optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" '
                      f'parameters {{ key: "precision_mode" value: "{options.ort_tensorrt}" }} }} ] }} }}')
     lines.append(f'parameters {{ key: "akd_input_format" value: {{ string_value: "{input_format}" }} }}')
+    lines.append(f'parameters {{ key: "akd_config" value: {{ string_value: {_quoted(json.dumps(config))} }} }}')
     return "\n".join(lines) + "\n"
+
+
+def _quoted(text: str) -> str:
+    """A protobuf text-format string literal (json.dumps keeps it ASCII; only backslash and quote need escapes)."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def validate_triton_config(text: str) -> Any:

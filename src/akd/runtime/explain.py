@@ -78,8 +78,12 @@ def _save_maps(out: Path, stem: str, saliency: np.ndarray, maps: str | None) -> 
 
 
 def explain_inputs(engine, inputs: list[str], out: str, maps: str | None = None, smoothing: float = 0.0,
-                   batch_size: int = 1, progress: bool = True) -> Summary:
+                   batch_size: int = 1, progress: bool = True, shard: tuple[int, int] = (0, 1)) -> Summary:
+    """``shard=(k, n)``: this process takes every n-th image and video starting at the k-th, so n processes (on
+    one machine or many, e.g. all feeding one Triton server) split a file list without coordination."""
     images, videos, missing = collect_inputs(inputs)
+    index, count = shard
+    images, videos = images[index::count], videos[index::count]
     summary = Summary(skipped_inputs=list(missing))
     for item in missing:
         log.warning("%s: not found or not an image/video, skipped", item)

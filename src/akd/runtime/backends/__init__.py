@@ -11,7 +11,7 @@ import numpy as np
 
 from akd.util import AkdError
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch")
+BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
 
 
 @dataclass
@@ -40,9 +40,13 @@ class Runner(Protocol):
 
 def open_runner(path: str, backend: str = "auto", device: str = "auto", **options: Any) -> Runner:
     """Pick the backend from the file type unless told: .onnx -> onnxruntime, .engine -> tensorrt,
-    .safetensors -> torch."""
+    .safetensors -> torch; a grpc://HOST:PORT/MODEL address -> a Triton server."""
     if backend not in BACKENDS:
         raise AkdError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
+    if path.startswith("grpc://") or backend == "triton":
+        from akd.runtime.backends.triton import TritonRunner
+
+        return TritonRunner(path, **options)
     suffix = Path(path).suffix.lower()
     natural = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".safetensors": "torch"}.get(suffix)
     if natural is None:
