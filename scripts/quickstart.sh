@@ -9,8 +9,15 @@ run=runs/quickstart
 rm -rf "$run"
 bin=.venv/bin
 $bin/akd-export --out "$run/surrogate.onnx"
-$bin/akd-calibrate "$run/surrogate.onnx" --data sample-photos --num-images 20 \
-    --out "$run/surrogate.int8.onnx"
+# INT8 ranges need photos like the ones to explain: the ImageNet sample when ../shared is beside this checkout,
+# else scikit-image's bundled photos - mostly not ImageNet-like (cells, coins, text), on which the int8 class
+# often differs from fp32's, so there the drift is printed but not enforced.
+if [[ -d ../shared/data/imagenet-sample ]]; then
+    calibration=(--data ../shared/data/imagenet-sample --max-drift 0.05)
+else
+    calibration=(--data sample-photos --num-images 20 --max-drift 1)
+fi
+$bin/akd-calibrate "$run/surrogate.onnx" "${calibration[@]}" --force --out "$run/surrogate.int8.onnx"
 $bin/python -c "from akd.runtime.video import demo_clip; demo_clip('$run/sample.avi', 150)"
 for model in surrogate surrogate.int8; do
     $bin/akd-explain "$run/sample.avi" --model "$run/$model.onnx" --out "$run/explain-$model" --smoothing 0.5 \

@@ -11,8 +11,10 @@ Calibration images stream from folders (images and video frames) one at a time; 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +100,65 @@ def cache_file(cache_dir: Path, model_sha: str, data_fingerprint: str, method: s
     return Path(cache_dir) / f"{model_sha[:16]}-{data_fingerprint[:16]}-{method}-{flavour}-{settings}.json"
 
 
+def near_constant_tensors(fp32_path: str, reader: ImageCalibrationReader, images: int = 8,
+                          relative_range: float = 1e-3) -> dict[str, tuple[float, float]]:
+    """Float tensors whose values barely vary (relative range below ``relative_range`` on a few calibration
+    images), with their (min, max): e.g. CBAM channel gates still near their identity value sigmoid(5) = 0.9933.
+    onnxruntime's histogram calibrators bin in float32 and fail on them ("Too many bins for data range")."""
+    import itertools
+
+    import onnx
+    import onnxruntime as ort
+
+    model = onnx.load(fp32_path)
+    produced = [name for node in model.graph.node for name in node.output if name]
+    del model.graph.output[:]
+    model.graph.output.extend(onnx.ValueInfoProto(name=name) for name in produced)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    batches = list(itertools.islice(iter(reader.get_next, None), images))
+    reader.rewind()
+    runs = [session.run(None, batch) for batch in batches]
+    found = {}
+    for index, name in enumerate(produced):
+        values = np.concatenate([np.asarray(run[index]).ravel() for run in runs]) if runs else np.zeros(0)
+        if values.dtype != np.float32 or not values.size:
+            continue
+        low, high = float(values.min()), float(values.max())
+        if 0 < high - low < relative_range * max(abs(low), abs(high)):
+            found[name] = (low, high)
+    return found
+
+
+def histogram_ranges(fp32_path: str, reader: ImageCalibrationReader, method: str, stride: int,
+                     constant: dict[str, tuple[float, float]]):
+    """Tensor ranges from onnxruntime's histogram calibrator (entropy or percentile), fed in strides; tensors that
+    barely vary are taken out of its histograms and given their observed min/max, which is all a histogram of
+    them could say (``constant``: see ``near_constant_tensors``)."""
+    import tempfile
+
+    from onnxruntime.quantization import CalibrationMethod, create_calibrator
+    from onnxruntime.quantization.calibrate import TensorData
+
+    calibrate_method = {"entropy": CalibrationMethod.Entropy, "percentile": CalibrationMethod.Percentile}[method]
+    options = {"percentile": 99.99} if method == "percentile" else {}
+    with tempfile.TemporaryDirectory(prefix="akd-calibrate-") as tmp:
+        calibrator = create_calibrator(Path(fp32_path), QUANTIZED_OPS, str(Path(tmp) / "augmented.onnx"),
+                                       calibrate_method, extra_options=options)
+        calibrator.tensors_to_calibrate -= set(constant)  # the set the calibrator histograms
+        for start in range(0, len(reader), stride):
+            reader.set_range(start, start + stride)
+            calibrator.collect_data(reader)
+        ranges = calibrator.compute_data()
+    for name, (low, high) in constant.items():
+        ranges.data[name] = TensorData(lowest=np.float32(min(low, 0.0)), highest=np.float32(max(high, 0.0)))
+    return ranges
+
+
 def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[str, Any], input_format: str,
              flavour: str, method: str, cache_dir: Path | None) -> dict[str, Any]:
     """Write a QDQ INT8 model of ``fp32_path`` to ``out_path``; returns what happened (cache hit, skipped)."""
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.calibrate import save_tensors_data
 
     from akd.util import sha256_file
 
@@ -122,19 +179,25 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
              "CalibStridedMinMax": stride}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
+    near_constant = near_constant_tensors(fp32_path, reader) if method != "minmax" else {}
     try:
-        quantize_static(
-            fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-            per_channel=True, activation_type=QuantType.QInt8 if flavour == "tensorrt" else QuantType.QUInt8,
-            weight_type=QuantType.QInt8, calibrate_method={"minmax": CalibrationMethod.MinMax,
-                                                           "entropy": CalibrationMethod.Entropy,
-                                                           "percentile": CalibrationMethod.Percentile}[method],
-            extra_options=extra, calibration_cache_path=str(cache) if cache else None)
+        with contextlib.ExitStack() as stack:
+            if cache is None:  # ranges reach quantize_static through its cache file, so use a temporary one
+                cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="akd-ranges-"))) / "ranges.json"
+            if method != "minmax" and not cache.is_file():
+                save_tensors_data(histogram_ranges(fp32_path, reader, method, stride, near_constant), cache)
+            quantize_static(
+                fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
+                per_channel=True, activation_type=QuantType.QInt8 if flavour == "tensorrt" else QuantType.QUInt8,
+                weight_type=QuantType.QInt8, calibrate_method={"minmax": CalibrationMethod.MinMax,
+                                                               "entropy": CalibrationMethod.Entropy,
+                                                               "percentile": CalibrationMethod.Percentile}[method],
+                extra_options=extra, calibration_cache_path=str(cache))
     except ValueError as exc:  # e.g. histogram calibrators on images with no variation
         raise AkdError(f"calibration failed with the {method} method ({exc}); are the calibration images varied "
                        "enough? Try more images or --calibration-method minmax") from None
     return {"flavour": flavour, "method": method, "images": len(data.samples), "skipped": reader.skipped,
-            "cache": str(cache) if cache else None, "cache_hit": hit}
+            "near_constant_tensors": len(near_constant), "cache": str(cache) if cache_dir else None, "cache_hit": hit}
 
 
 def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: str, data: CalibrationData,

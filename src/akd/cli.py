@@ -120,8 +120,8 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--int8-target", choices=["cpu", "tensorrt"],
                         help="Q/DQ flavour: tensorrt = symmetric signed activations (default for engines), "
                              "cpu = unsigned activations, fast in onnxruntime on CPU (default for onnx)")
-    parser.add_argument("--calibration-method", default="percentile", choices=["minmax", "entropy", "percentile"],
-                        help="percentile (default, 99.99th): best drift on the lite0 surrogate; minmax is fastest")
+    parser.add_argument("--calibration-method", default="entropy", choices=["minmax", "entropy", "percentile"],
+                        help="entropy (default): least drift on the shipped lite0 surrogate; minmax is fastest")
     parser.add_argument("--num-images", type=_positive_int, default=512, help="calibration images (default 512)")
     from akd.calibration import DEFAULT_MAX_DRIFT
 

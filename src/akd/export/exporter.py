@@ -45,7 +45,7 @@ class ExportOptions:
     parity_data: str | None = None
     calib_data: str | None = None
     num_images: int = 512
-    calibration_method: str = "percentile"
+    calibration_method: str = "entropy"
     int8_target: str | None = None
     max_drift: float = DEFAULT_MAX_DRIFT
     cache_dir: str | None = None
