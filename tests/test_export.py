@@ -123,6 +123,12 @@ def test_drift_gate_refuses_broken_calibration(tiny_checkpoint, photo_folder, tm
                              calibration_method="minmax", cache_dir=str(tmp_path / "cache"),
                              parity_data=str(photo_folder)))
     assert "saliency_pearson" in str(error.value) and not out.exists()
+    # a --max-drift above the default replaces the limits, knowingly: the same model is then written
+    export(ExportOptions(str(tiny_checkpoint), str(out), precision="int8", calib_data=str(black),
+                         calibration_method="minmax", cache_dir=str(tmp_path / "cache"), max_drift=1.0,
+                         parity_data=str(photo_folder)))
+    assert out.exists()
+    out.unlink()
     # histogram methods may not even build ranges from flat images: either way a clear error, nothing written
     with pytest.raises(AkdError, match="calibration failed with the percentile method|drifts too far"):
         export(ExportOptions(str(tiny_checkpoint), str(out), precision="int8", calib_data=str(black),
