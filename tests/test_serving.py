@@ -53,6 +53,7 @@ def test_deepstream_export_writes_graph_config_and_labels(tiny_checkpoint, tmp_p
     values = parse_deepstream_config((tmp_path / "tiny.nvinfer.txt").read_text())
     assert values["onnx-file"] == "tiny.onnx" and (tmp_path / "tiny.onnx").is_file()
     assert values["batch-size"] == "4" and values["labelfile-path"] == "tiny.labels.txt"
+    assert values["model-engine-file"] == "tiny.onnx_b4_gpu0_fp32.engine"
     assert len((tmp_path / "tiny.labels.txt").read_text().splitlines()) == 10
 
 

@@ -176,7 +176,10 @@ def serving_texts(options: ExportOptions, paths: list[Path], metadata: dict[str,
         text = triton_config(config, options.input_format, options.triton.platform, options.triton)
         return dict(zip(paths, [text, labels], strict=True))
     if options.format == "deepstream":
-        text = deepstream_config(metadata, onnx_path.name, None, options.engine.batch[1], paths[1].name)
+        batch = options.engine.batch[1]
+        # nvinfer builds the engine from the graph on first run and serialises it under this (its own) name
+        engine = f"{onnx_path.name}_b{batch}_gpu0_{options.precision}.engine"
+        text = deepstream_config(metadata, onnx_path.name, engine, batch, paths[1].name)
         return dict(zip(paths, [text, labels], strict=True))
     return {}
 
