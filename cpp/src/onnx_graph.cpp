@@ -210,6 +210,8 @@ ModelConfig parse_config(const std::string& config_json, const std::string& inpu
   for (int c = 0; c < 3; ++c) {
     parsed.mean[c] = pre.at("mean").at(c).get<float>();
     parsed.std[c] = pre.at("std").at(c).get<float>();
+    parsed.scale[c] = 1.f / (255.f * parsed.std[c]);
+    parsed.offset[c] = parsed.mean[c] / parsed.std[c];
   }
   parsed.classes = config.at("classes").get<std::vector<std::string>>();
   parsed.input_format = input_format;

@@ -20,10 +20,6 @@ class OpenCvBackend : public Backend {
     }
     net_.setPreferableBackend(cv::dnn::DNN_BACKEND_OPENCV);
     net_.setPreferableTarget(cv::dnn::DNN_TARGET_CPU);
-    for (int c = 0; c < 3; ++c) {  // normalised = pixel * scale - offset, as akd's Python runtime computes it
-      scale_[c] = 1.f / (255.f * config.std[c]);
-      offset_[c] = config.mean[c] / config.std[c];
-    }
   }
 
   void infer(const cv::Mat& rgb, cv::Mat& saliency, std::vector<float>& logits) override {
@@ -33,7 +29,7 @@ class OpenCvBackend : public Backend {
     cv::split(rgb, planes);
     for (int c = 0; c < 3; ++c) {
       cv::Mat plane(rgb.rows, rgb.cols, CV_32F, blob.ptr<float>(0, c));
-      planes[c].convertTo(plane, CV_32F, scale_[c], -offset_[c]);
+      planes[c].convertTo(plane, CV_32F, config_.scale[c], -config_.offset[c]);
     }
     net_.setInput(blob, "images");
     std::vector<cv::Mat> outputs;
@@ -48,8 +44,6 @@ class OpenCvBackend : public Backend {
  private:
   ModelConfig config_;
   cv::dnn::Net net_;
-  float scale_[3];
-  float offset_[3];
 };
 
 }  // namespace

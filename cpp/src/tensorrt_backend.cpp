@@ -46,10 +46,6 @@ class TensorRtBackend : public Backend {
       if (!context_->setTensorAddress(names[i], device_[i])) throw Error(path + ": engine has no tensor " + names[i]);
     }
     check(cudaStreamCreate(&stream_), "cudaStreamCreate");
-    for (int c = 0; c < 3; ++c) {
-      scale_[c] = 1.f / (255.f * config.std[c]);
-      offset_[c] = config.mean[c] / config.std[c];
-    }
   }
 
   ~TensorRtBackend() override {
@@ -66,7 +62,9 @@ class TensorRtBackend : public Backend {
       for (int y = 0; y < rgb.rows; ++y) {
         const auto* row = rgb.ptr<cv::Vec3b>(y);
         for (int x = 0; x < rgb.cols; ++x) {
-          for (int c = 0; c < 3; ++c) blob[c * pixels_ + y * rgb.cols + x] = row[x][c] * scale_[c] - offset_[c];
+          for (int c = 0; c < 3; ++c) {
+            blob[c * pixels_ + y * rgb.cols + x] = row[x][c] * config_.scale[c] - config_.offset[c];
+          }
         }
       }
       host = blob.data();
@@ -95,8 +93,6 @@ class TensorRtBackend : public Backend {
   cudaStream_t stream_ = nullptr;
   size_t pixels_ = 0;
   bool uint8_ = false;
-  float scale_[3];
-  float offset_[3];
 };
 
 }  // namespace

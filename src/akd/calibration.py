@@ -179,12 +179,13 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
              "CalibStridedMinMax": stride}
     if method == "percentile":
         extra["CalibPercentile"] = 99.99
-    near_constant = near_constant_tensors(fp32_path, reader) if method != "minmax" else {}
+    near_constant: dict[str, tuple[float, float]] = {}
     try:
         with contextlib.ExitStack() as stack:
             if cache is None:  # ranges reach quantize_static through its cache file, so use a temporary one
                 cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="akd-ranges-"))) / "ranges.json"
             if method != "minmax" and not cache.is_file():
+                near_constant = near_constant_tensors(fp32_path, reader)  # only when ranges are computed
                 save_tensors_data(histogram_ranges(fp32_path, reader, method, stride, near_constant), cache)
             quantize_static(
                 fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,

@@ -23,6 +23,8 @@ struct ModelConfig {
   int width = 0;
   cv::Vec3f mean;  // RGB, in [0, 1]
   cv::Vec3f std;   // RGB, in [0, 1]
+  cv::Vec3f scale;   // normalised = pixel * scale - offset, as akd's Python runtime computes it
+  cv::Vec3f offset;
   std::vector<std::string> classes;
   std::string input_format;  // float-nchw | uint8-nhwc
   std::string precision;

@@ -117,8 +117,10 @@ def export(options: ExportOptions) -> list[Path]:
 
     surrogate = load_surrogate(options.checkpoint)
     config = surrogate.config
+    triton_text = None
     if options.format == "triton":  # validated before any work, so a bad config never costs an export
-        validate_triton_config(triton_config(config, options.input_format, options.triton.platform, options.triton))
+        triton_text = triton_config(config, options.input_format, options.triton.platform, options.triton)
+        validate_triton_config(triton_text)
     source_sha = sha256_file(options.checkpoint)
     target = _target_module(config) if options.include_target else None
     reference = DeployableSurrogate(surrogate, options.input_format, target).eval()
@@ -152,7 +154,7 @@ def export(options: ExportOptions) -> list[Path]:
             options.engine, precision=options.precision, calib_data=options.calib_data,
             num_images=options.num_images))
     metadata = read_metadata(model)
-    for path, text in serving_texts(options, serving, metadata, onnx_path, config).items():
+    for path, text in serving_texts(options, serving, metadata, onnx_path, config, triton_text).items():
         with atomic_path(path) as tmp:
             tmp.write_text(text)
         written.append(path)
@@ -170,11 +172,10 @@ def serving_files(options: ExportOptions, onnx_path: Path) -> list[Path]:
 
 
 def serving_texts(options: ExportOptions, paths: list[Path], metadata: dict[str, str], onnx_path: Path,
-                  config: dict[str, Any]) -> dict[Path, str]:
+                  config: dict[str, Any], triton_text: str | None) -> dict[Path, str]:
     labels = "\n".join(config["classes"]) + "\n"
     if options.format == "triton":
-        text = triton_config(config, options.input_format, options.triton.platform, options.triton)
-        return dict(zip(paths, [text, labels], strict=True))
+        return dict(zip(paths, [triton_text, labels], strict=True))
     if options.format == "deepstream":
         batch = options.engine.batch[1]
         # nvinfer builds the engine from the graph on first run and serialises it under this (its own) name
