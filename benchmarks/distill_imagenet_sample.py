@@ -26,12 +26,18 @@ SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sam
 SHIPPED = Path(__file__).resolve().parents[1] / "src" / "akd" / "data" / "efficientnet_lite0_surrogate.safetensors"
 
 
-def split(source: Path, work: Path, train_count: int = 640) -> tuple[Path, Path]:
+def split(source: Path, work: Path, train_count: int = 640, val_count: int = 96) -> tuple[Path, Path, Path]:
+    """(train, validation, held-out) folders. The held-out 160 are the same images as before validation existed;
+    validation is carved from the training images, to choose recipes and epochs without touching held-out."""
     files = sorted(p for p in source.iterdir() if p.suffix.lower() in (".jpeg", ".jpg", ".png"))
     order = torch.randperm(len(files), generator=torch.Generator().manual_seed(0)).tolist()
-    folders = (work / "train", work / "heldout")
-    for folder, chosen in zip(folders, (order[:train_count], order[train_count:]), strict=True):
+    folders = (work / "train", work / "val", work / "heldout")
+    chosen_sets = (order[:train_count - val_count], order[train_count - val_count:train_count], order[train_count:])
+    for folder, chosen in zip(folders, chosen_sets, strict=True):
         folder.mkdir(parents=True, exist_ok=True)
+        wanted = {files[index].name for index in chosen}
+        for stale in [link for link in folder.iterdir() if link.name not in wanted]:  # an older split's links
+            stale.unlink()
         for index in chosen:
             link = folder / files[index].name
             if not link.exists():
@@ -73,13 +79,13 @@ def main() -> int:
         print(f"benchmark needs {SHARED}", file=sys.stderr)
         return 2
     work = Path(args.work)
-    train_dir, heldout_dir = split(SHARED, work)
+    train_dir, val_dir, heldout_dir = split(SHARED, work)
     out = work / "surrogate.safetensors"
     for stale in (out, out.with_suffix(".log.csv")):
         stale.unlink(missing_ok=True)
     command = ["akd-train", "--teacher", "efficientnet_lite0", "--student", "same-as-teacher",
                "--recipe", "imagenet-lite0", "--stages", "student,explainer", "--data", str(train_dir),
-               "--val", str(heldout_dir), "--workers", "1", "--no-progress", "--out", str(out), *args.extra]
+               "--val", str(val_dir), "--workers", "1", "--no-progress", "--out", str(out), *args.extra]
     print("command:", shlex.join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ})

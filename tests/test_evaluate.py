@@ -10,6 +10,7 @@ import torch
 from scipy.ndimage import convolve, gaussian_filter
 from torch import nn
 
+from akd import perturbation
 from akd.cli import main
 from akd.evaluate import metrics
 from akd.evaluate.methods import EvalImage, GradCamMethod, LimeMethod, RiseMethod, last_spatial_module
@@ -43,7 +44,7 @@ def patch_map() -> np.ndarray:
 def test_rise_kernel_is_scipys_gaussian_filter_of_a_delta():
     delta = np.zeros((11, 11))
     delta[5, 5] = 1
-    kernel = metrics.rise_kernel()
+    kernel = perturbation.rise_kernel()
     assert kernel.shape == (11, 11)
     np.testing.assert_allclose(kernel, gaussian_filter(delta, 5), rtol=1e-6)
     assert kernel.max() / kernel.min() < 3  # sigma 5 truncated at 11x11 is nearly a box
@@ -52,8 +53,8 @@ def test_rise_kernel_is_scipys_gaussian_filter_of_a_delta():
 
 def test_rise_blur_is_a_per_channel_convolution_with_zero_padding():
     image = torch.rand(1, 3, 20, 24)
-    blurred = metrics.rise_blur(image).numpy()
-    kernel = metrics.rise_kernel()
+    blurred = perturbation.rise_blur(image).numpy()
+    kernel = perturbation.rise_kernel()
     for channel in range(3):
         expected = convolve(image[0, channel].numpy(), kernel, mode="constant", cval=0.0)
         np.testing.assert_allclose(blurred[0, channel], expected, atol=1e-5)
@@ -84,7 +85,7 @@ def test_curve_endpoints_are_the_start_and_finish_images():
     zeros = torch.softmax(model(torch.zeros_like(image)), 1)[0, 0].item()
     assert deletion[-1] == pytest.approx(zeros, abs=1e-6)
     assert insertion[-1] == pytest.approx(probability, abs=1e-6)
-    blurred = torch.softmax(model(metrics.rise_blur(image)), 1)[0, 0].item()
+    blurred = torch.softmax(model(perturbation.rise_blur(image)), 1)[0, 0].item()
     assert insertion[0] == pytest.approx(blurred, abs=1e-6)
 
 
@@ -215,9 +216,45 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
     folder = tmp_path / "report"
     assert json.loads((folder / "report.json").read_text())["images"] == 3
     assert "Table 4" in (folder / "report.md").read_text() == markdown(report)
+    # akd against each baseline on the images both explained, per image
+    assert set(report["paired"]) == {"akd - gradcam", "akd - rise", "akd - lime"}
+    assert report["paired"]["akd - rise"]["insertion"]["count"] == 2
+    akd_rows = {row["image"]: row["insertion"] for row in report["results"]["akd"]["per_image"]}
+    cam_rows = {row["image"]: row["insertion"] for row in report["results"]["gradcam"]["per_image"]}
+    assert report["paired"]["akd - gradcam"]["insertion"]["mean"] == pytest.approx(
+        np.mean([akd_rows[k] - cam_rows[k] for k in akd_rows]))
+    assert "Paired per-image differences" in markdown(report)
     for figure in ("curves.png", "overlays.png"):
         assert (folder / figure).read_bytes()[:4] == b"\x89PNG"
     assert not list(folder.glob(".*tmp"))
+
+
+def test_paired_difference_interval_is_about_the_per_image_differences():
+    from akd.evaluate.report import paired_difference
+
+    rng = np.random.default_rng(0)
+    theirs = rng.uniform(0.3, 0.7, 200)
+    better = paired_difference(list(theirs + 0.03 + rng.normal(0, 0.02, 200)), list(theirs))
+    assert 0 < better["ci95"][0] < better["mean"] < better["ci95"][1] and better["count"] == 200
+    # large image-to-image spread but a consistent small gain: the paired interval still excludes 0
+    assert better["ci95"][1] - better["ci95"][0] < 0.02
+    same = paired_difference(list(theirs + rng.normal(0, 0.05, 200)), list(theirs))
+    assert same["ci95"][0] < 0 < same["ci95"][1]
+    with pytest.raises(ValueError):
+        paired_difference([0.5], [0.4])
+
+
+def test_gradcam_layers_become_named_methods(tiny_net):
+    from akd.evaluate.report import EvalOptions, build_methods
+
+    teacher = _module_teacher(tiny_net, Preprocessing(input_size=32), {"name": "tiny"})
+    options = EvalOptions(models=[], data="unused", out="unused", methods=("gradcam",),
+                          gradcam_layers=["features.0", "features.3"])
+    methods = build_methods(options, teacher)
+    assert [m.name for m in methods] == ["gradcam:features.0", "gradcam:features.3"]
+    assert [m.layer_name for m in methods] == ["features.0", "features.3"]
+    for method in methods:
+        method.close()
 
 
 @pytest.mark.parametrize("extra, fragment", [

@@ -64,7 +64,7 @@ def test_surrogate_shapes_and_ranges_resnet18():
 
 def test_resnet34_cbam_builds():
     student = build_student("resnet34_cbam", 5)
-    logits, deltas = student(torch.randn(1, 3, 64, 64))
+    logits, deltas, _ = student(torch.randn(1, 3, 64, 64))
     assert logits.shape == (1, 5)
     assert [d.shape[1] for d in deltas] == [128, 256, 512]
     assert [d.shape[-1] for d in deltas] == [8, 4, 2]
@@ -78,7 +78,7 @@ def test_timm_student_taps_three_deepest_stages_and_keeps_target_weights():
     assert sum(isinstance(m, AttentiveStage) for m in student.modules()) == 3
     images = torch.randn(2, 3, 64, 64)
     with torch.no_grad():
-        logits, deltas = student(images)
+        logits, deltas, _ = student(images)
         expected = target(images)
     assert [d.shape[-1] for d in deltas] == [8, 4, 2]
     # near-identity attention: the student starts out predicting what the target predicts
@@ -93,3 +93,47 @@ def test_unknown_student_is_a_clear_error():
 
     with pytest.raises(AkdError, match="unknown student"):
         build_student("vgg_cbam", 3)
+
+
+def test_class_activation_map_is_each_positions_share_of_the_logit():
+    """With global average pooling and a linear classifier, the mean of CAM over positions plus the bias is the
+    class logit: CAM is exact, not an approximation, for both student families."""
+    torch.manual_seed(0)
+    for arch in ("resnet18_cbam", "timm:resnet10t"):
+        student = build_student(arch, 6).eval()
+        with torch.no_grad():
+            logits, _, features = student(torch.randn(3, 3, 64, 64))
+            classes = torch.tensor([0, 5, 2])
+            cam = student.class_activation_map(features, classes)
+        bias = student._classifier[0].bias[classes]
+        assert cam.shape == (3, 1, 2, 2)
+        torch.testing.assert_close(cam.mean(dim=(1, 2, 3)) + bias, logits[torch.arange(3), classes])
+
+
+def test_cam_explainer_starts_from_the_cam_ranking_and_exports(tmp_path):
+    """A fresh CAM-reading explainer ranks pixels as CAM of the predicted class does (zero-initialised head), so
+    training starts from a faithful map; the class choice happens inside the surrogate and survives ONNX export."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    config = {"student": "resnet18_cbam", "classes": list("abcdef"), "explainer_width": 32, "explainer_cam": True}
+    surrogate = Surrogate(config).eval()
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        saliency, logits = surrogate(images)
+        _, _, features = surrogate.student(images)
+        cam = surrogate.student.class_activation_map(features, logits.argmax(1))
+    expected = F.interpolate(F.interpolate(cam, size=(8, 8), mode="bilinear"), size=(64, 64), mode="bilinear")
+    for got, want in zip(saliency, expected, strict=True):
+        assert np.corrcoef(got.flatten().numpy(), want.flatten().numpy())[0, 1] > 0.999
+    path = tmp_path / "cam.onnx"
+    torch.onnx.export(surrogate, (images,), str(path), input_names=["images"], output_names=["saliency", "logits"],
+                      dynamic_axes={"images": {0: "n"}}, opset_version=17, dynamo=False)
+    other = torch.randn(3, 3, 64, 64)  # another batch size, other predicted classes
+    onnx_saliency, onnx_logits = ort.InferenceSession(str(path)).run(None, {"images": other.numpy()})
+    with torch.no_grad():
+        torch_saliency, torch_logits = surrogate(other)
+    np.testing.assert_allclose(onnx_saliency, torch_saliency.numpy(), atol=1e-5)
+    np.testing.assert_allclose(onnx_logits, torch_logits.numpy(), atol=1e-4)

@@ -76,12 +76,17 @@ def test_checkpoint_header_has_no_pickle(torchscript_target, imagefolder, tmp_pa
     assert b"\x80\x04" not in raw[:8 + header_len]
 
 
-def test_resume_is_bit_identical(torchscript_target, imagefolder, tmp_path):
+METRIC_TERMS = {"insertion": 1.0, "deletion": 1.0, "explanation": 0.0, "explainer_cam": "true", "rank_prior": 1.0}
+
+
+@pytest.mark.parametrize("terms", [{}, METRIC_TERMS], ids=["paper", "metric-terms-and-cam"])
+def test_resume_is_bit_identical(torchscript_target, imagefolder, tmp_path, terms):
+    """Also with the soft top-k terms, whose areas are drawn from the global RNG the checkpoint restores."""
     straight = tmp_path / "straight.safetensors"
-    train(_options(torchscript_target, imagefolder, straight, ["joint"], epochs=2))
+    train(_options(torchscript_target, imagefolder, straight, ["joint"], epochs=2, **terms))
     resumed = tmp_path / "resumed.safetensors"
-    train(_options(torchscript_target, imagefolder, resumed, ["joint"], epochs=1))
-    options = _options(torchscript_target, imagefolder, resumed, ["joint"], epochs=2)
+    train(_options(torchscript_target, imagefolder, resumed, ["joint"], epochs=1, **terms))
+    options = _options(torchscript_target, imagefolder, resumed, ["joint"], epochs=2, **terms)
     options.resume = True
     train(options)
     a, b = _weights(straight), _weights(resumed)
@@ -175,3 +180,23 @@ def test_rank_prior_power_must_be_positive():
 
     with pytest.raises(AkdError, match="rank_prior_power"):
         apply_overrides(load_recipe("imagenet-lite0"), ["rank_prior_power=0"])
+
+
+@pytest.mark.parametrize("override, message", [
+    ("topk_areas=[]", "topk_areas"), ("topk_areas=[0.1, 1.5]", "topk_areas"), ("topk_areas=[a]", "topk_areas"),
+    ("topk_samples=0", "topk_samples"), ("topk_samples=9", "topk_samples"), ("topk_temperature=0", "temperature"),
+])
+def test_soft_top_k_keys_are_validated(override, message):
+    from akd.util import AkdError
+
+    with pytest.raises(AkdError, match=message):
+        apply_overrides(load_recipe("imagenet-lite0"), [override])
+
+
+def test_paper_recipes_keep_the_paper_objective():
+    """The new keys default to the paper's objective (explanation KL on, metric terms off, no CAM input)."""
+    recipe = load_recipe("paper-imagenet")
+    assert (recipe["explanation"], recipe["insertion"], recipe["deletion"], recipe["explainer_cam"]) == \
+        (1.0, 0.0, 0.0, False)
+    lite = load_recipe("imagenet-lite0")
+    assert lite["insertion"] > 0 and lite["deletion"] > 0 and lite["explainer_cam"] is True

@@ -321,7 +321,8 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_positive_int, default=1, help="CPU threads for every method (pinned)")
     parser.add_argument("--rise-masks", type=_positive_int, default=4000)
     parser.add_argument("--lime-samples", type=_positive_int, default=1000)
-    parser.add_argument("--gradcam-layer", metavar="NAME", help="target layer (default: end of the last conv stage)")
+    parser.add_argument("--gradcam-layer", metavar="NAME", action="append", default=[],
+                        help="target layer; repeat to compare layers (default: end of the last conv stage)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no-progress", action="store_true")
     parser.add_argument("--out", required=True, metavar="DIR", help="report folder (report.md/.json, *.png)")
@@ -336,7 +337,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     options = EvalOptions(models=args.model, data=args.data, out=args.out, methods=methods, limit=args.limit,
                           subsets=dict(args.subset), masks=args.masks, step=args.step, batch_size=args.batch_size,
                           threads=args.threads, rise_masks=args.rise_masks, lime_samples=args.lime_samples,
-                          gradcam_layer=args.gradcam_layer, seed=args.seed)
+                          gradcam_layers=args.gradcam_layer, seed=args.seed)
     if "akd" in methods and not options.models:
         options.models = [default_model()]
     teacher = load_teacher(args.teacher, args.teacher_weights, _teacher_preprocessing(args),

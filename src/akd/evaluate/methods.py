@@ -95,9 +95,8 @@ def last_spatial_module(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn
 class GradCamMethod:
     """Grad-CAM (Selvaraju et al. 2017) via the ``grad-cam`` package, on the last convolutional stage."""
 
-    name = "gradcam"
-
-    def __init__(self, teacher: Teacher, layer: str | None = None):
+    def __init__(self, teacher: Teacher, layer: str | None = None, name: str = "gradcam"):
+        self.name = name
         cam_module = _require("pytorch_grad_cam", "gradcam")
         targets = _require("pytorch_grad_cam.utils.model_targets", "gradcam")
         self.model = _torch_module(teacher, "gradcam")

@@ -40,7 +40,7 @@ class EvalOptions:
     threads: int = 1
     rise_masks: int = 4000
     lime_samples: int = 1000
-    gradcam_layer: str | None = None
+    gradcam_layers: list[str] = field(default_factory=list)  # each a Grad-CAM method; none: the automatic layer
     seed: int = 0
 
     def __post_init__(self):
@@ -112,7 +112,9 @@ def build_methods(options: EvalOptions, teacher: Teacher) -> list:
                 label = "akd" if len(options.models) == 1 else f"akd:{Path(model).name}"
                 methods.append(AkdMethod(model, options.threads, label))
         elif name == "gradcam":
-            methods.append(GradCamMethod(teacher, options.gradcam_layer))
+            layers = options.gradcam_layers or [None]
+            methods += [GradCamMethod(teacher, layer, "gradcam" if len(layers) == 1 else f"gradcam:{layer}")
+                        for layer in layers]
         elif name == "rise":
             methods.append(RiseMethod(teacher, options.rise_masks, seed=options.seed))
         else:
@@ -135,6 +137,34 @@ def _time_inference(teacher: Teacher, images: list[EvalImage]) -> list[float]:
 def _summary(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
     return {"mean": float(array.mean()), "std": float(array.std()), "count": int(len(array))}
+
+
+def paired_difference(ours: list[float], theirs: list[float], seed: int = 0, resamples: int = 10_000
+                      ) -> dict[str, float]:
+    """Mean of the per-image differences ours - theirs with a 95% percentile-bootstrap interval: whether one
+    method beats another is a statement about the interval of the paired difference, not about two means."""
+    diffs = np.asarray(ours, dtype=np.float64) - np.asarray(theirs, dtype=np.float64)
+    if len(diffs) < 2:
+        raise ValueError("a paired difference needs at least two images")
+    rng = np.random.default_rng(seed)
+    means = diffs[rng.integers(0, len(diffs), size=(resamples, len(diffs)))].mean(axis=1)
+    low, high = np.percentile(means, [2.5, 97.5])
+    return {"mean": float(diffs.mean()), "ci95": [float(low), float(high)], "count": int(len(diffs))}
+
+
+def _paired(per_image: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, dict[str, Any]]:
+    """Every akd method against every baseline, on the images both explained."""
+    paired: dict[str, dict[str, Any]] = {}
+    for ours in [name for name in per_image if name.startswith("akd")]:
+        rows = {row["image"]: row for row in per_image[ours]}
+        for theirs in [name for name in per_image if not name.startswith("akd")]:
+            both = [(rows[row["image"]], row) for row in per_image[theirs] if row["image"] in rows]
+            if len(both) < 2:
+                continue
+            paired[f"{ours} - {theirs}"] = {
+                key: paired_difference([a[key] for a, _ in both], [b[key] for _, b in both], seed)
+                for key in ("insertion", "deletion", "intensity")}
+    return paired
 
 
 def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> dict[str, Any]:
@@ -208,6 +238,7 @@ def _assemble(options, teacher, images, skipped, per_image, curves, inference) -
                     "device": "cpu"},
         "inference_seconds": _summary(inference),
         "results": results,
+        "paired": _paired(per_image, options.seed),
     }
 
 
@@ -238,6 +269,14 @@ def markdown(report: dict[str, Any]) -> str:
             row = f"| {name} ({cells['insertion']['count']}) | " + " | ".join(
                 f"{cells[k]['mean']:.4f} ± {cells[k]['std']:.3f}" for k in ("insertion", "deletion", "intensity"))
             lines.append(row + " |" + "".join(f" {cells[k]['mean']:.3f} |" for k in optional))
+    if report.get("paired"):
+        lines += ["", "## Paired per-image differences (mean, 95% bootstrap interval)", "",
+                  "| akd - baseline (images) | insertion (higher) | deletion (lower) | intensity (lower) |",
+                  "|---|---:|---:|---:|"]
+        for pair, cells in report["paired"].items():
+            lines.append(f"| {pair} ({cells['insertion']['count']}) | " + " | ".join(
+                f"{cells[k]['mean']:+.4f} [{cells[k]['ci95'][0]:+.4f}, {cells[k]['ci95'][1]:+.4f}]"
+                for k in ("insertion", "deletion", "intensity")) + " |")
     lines += ["", "Figures: `curves.png` (mean insertion/deletion curves), `overlays.png` (maps per method).", ""]
     return "\n".join(lines)
 

@@ -34,21 +34,47 @@ class UpsampleBlock(nn.Module):
         return self.fuse(skip)
 
 
-class Explainer(nn.Module):
-    """Three upsample blocks from stride 32 to 8, then a 1-channel sigmoid head resized to the input."""
+def standardise(maps: torch.Tensor) -> torch.Tensor:
+    """Per-map zero mean and unit variance over positions, so the explainer sees CAM's shape, not its scale."""
+    maps = maps.float()
+    mean = maps.mean(dim=(2, 3), keepdim=True)
+    std = (maps - mean).pow(2).mean(dim=(2, 3), keepdim=True).add(1e-6).sqrt()
+    return (maps - mean) / std
 
-    def __init__(self, tap_channels: list[int], width: int = 128):
+
+class Explainer(nn.Module):
+    """Three upsample blocks from stride 32 to 8, then a 1-channel sigmoid head resized to the input.
+
+    With ``cam`` the explainer also reads the class activation map of the predicted class (standardised): as an
+    extra input channel at stride 32, and as a residual the head's logit adds to, scaled by a learned gain. The
+    attentive differences alone carry no class, and on a few hundred images a decoder does not learn to rank
+    pixels the way the target's own classifier does; starting from CAM's ranking it learns corrections to it."""
+
+    def __init__(self, tap_channels: list[int], width: int = 128, cam: bool = False):
         super().__init__()
         c8, c16, c32 = tap_channels
-        self.block32 = UpsampleBlock(0, c32, width)
+        self.cam = cam
+        self.block32 = UpsampleBlock(0, c32 + int(cam), width)
         self.block16 = UpsampleBlock(width, c16, width)
         self.block8 = UpsampleBlock(width, c8, width // 2)
         self.head = nn.Conv2d(width // 2, 1, 3, padding=1)
+        if cam:
+            nn.init.zeros_(self.head.weight)  # the map starts as CAM's ranking
+            self.cam_gain = nn.Parameter(torch.ones(()))
 
-    def forward(self, deltas: list[torch.Tensor], size: tuple[int, int]) -> torch.Tensor:
+    def forward(self, deltas: list[torch.Tensor], size: tuple[int, int],
+                cam: torch.Tensor | None = None) -> torch.Tensor:
         d8, d16, d32 = deltas
+        if self.cam:
+            if cam is None:
+                raise ValueError("this explainer reads the class activation map: pass cam")
+            cam = standardise(cam)
+            d32 = torch.cat([d32, cam.to(d32.dtype)], dim=1)
         x = self.block32(None, d32)
         x = self.block16(x, d16)
         x = self.block8(x, d8)
-        x = F.interpolate(self.head(x).float(), size=size, mode="bilinear", align_corners=False)
-        return torch.sigmoid(x)  # fp32 even in a half-precision graph
+        logit = self.head(x).float()
+        if cam is not None:
+            logit = logit + self.cam_gain * F.interpolate(cam, size=logit.shape[-2:], mode="bilinear",
+                                                          align_corners=False)
+        return torch.sigmoid(F.interpolate(logit, size=size, mode="bilinear", align_corners=False))  # fp32 always

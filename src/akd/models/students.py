@@ -1,7 +1,9 @@
 """Attentive students: a classifier whose three deepest scales (stride 8, 16, 32) pass through CBAM.
 
 Every student exposes the same interface to the explainer: ``forward(x) -> (logits, [delta_8, delta_16,
-delta_32])`` and ``tap_channels``. Two families share it:
+delta_32], features)`` and ``tap_channels``; ``features`` is the last feature map before global average pooling,
+from which ``class_activation_map`` computes CAM (Zhou et al. 2016) with the student's own linear classifier.
+Two families share it:
 
 - ``resnet{18,34,50}_cbam``: the paper's student, CBAM inside every residual block of layer2..layer4, the
   attentive differences taken from the last block of each of those layers.
@@ -10,6 +12,8 @@ delta_32])`` and ``tap_channels``. Two families share it:
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -55,21 +59,48 @@ class AttentiveStage(nn.Module):
         return f_hat
 
 
-class Student(nn.Module):
-    """A classifier plus the three attention taps the explainer reads, fine to coarse."""
+class StudentOutput(NamedTuple):
+    logits: torch.Tensor
+    deltas: list[torch.Tensor]  # attentive differences at strides 8, 16, 32
+    features: torch.Tensor  # the input of the global average pool
 
-    def __init__(self, network: nn.Module, taps: list[nn.Module], tap_channels: list[int]):
+
+class Student(nn.Module):
+    """A classifier plus the three attention taps the explainer reads, fine to coarse, and its pooled features.
+
+    ``pool`` must be the global average pool directly followed by the linear ``classifier``: that is what makes
+    ``class_activation_map`` the exact per-position contribution to a class logit."""
+
+    def __init__(self, network: nn.Module, taps: list[nn.Module], tap_channels: list[int], pool: nn.Module | None,
+                 classifier: nn.Module):
         super().__init__()
         self.network = network
         self._taps = taps  # plain list: the modules are already registered inside ``network``
         self.tap_channels = tap_channels
+        self._classifier = [classifier]  # registered inside ``network`` too
+        self._features: list[torch.Tensor] = []
+        self._pool_type = getattr(pool, "pool_type", "avg")
+        if pool is not None:
+            pool.register_forward_pre_hook(lambda _module, inputs: self._features.append(inputs[0]))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> StudentOutput:
+        self._features.clear()
         logits = self.network(x)
         deltas = [tap.delta for tap in self._taps]
         for tap in self._taps:
             tap.delta = None
-        return logits, deltas
+        features = self._features.pop() if self._features else logits.new_zeros(len(logits), 0, 1, 1)
+        return StudentOutput(logits, deltas, features)
+
+    def class_activation_map(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+        """(N,1,h,w) CAM of each image's class: the classifier row of that class applied at every position."""
+        classifier = self._classifier[0]
+        if not (isinstance(classifier, nn.Linear) and self._pool_type == "avg"
+                and features.shape[1] == classifier.in_features):
+            raise AkdError("this student does not end in global average pooling followed by a linear classifier, "
+                           "so it has no class activation map (set explainer_cam: false)")
+        weights = self._classifier[0].weight[class_ids].to(features.dtype)  # (N, C)
+        return torch.einsum("nc,nchw->nhw", weights, features).unsqueeze(1)
 
 
 def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
@@ -91,7 +122,7 @@ def resnet_cbam(arch: str, num_classes: int, init_state: dict | None = None) -> 
             layer[index] = AttentiveBlock(layer[index], identity_init=init_state is not None)
         taps.append(layer[-1])
         channels.append(layer[-1].attention.channel.mlp[0].in_channels)
-    return Student(network, taps, channels)
+    return Student(network, taps, channels, network.avgpool, network.fc)
 
 
 def timm_student(name: str, num_classes: int, init_state: dict | None = None) -> Student:
@@ -116,7 +147,7 @@ def timm_student(name: str, num_classes: int, init_state: dict | None = None) ->
         _set_module(network, info["module"], stage)
         taps.append(stage)
         channels.append(info["num_chs"])
-    return Student(network, taps, channels)
+    return Student(network, taps, channels, getattr(network, "global_pool", None), network.get_classifier())
 
 
 def build_student(arch: str, num_classes: int, init_state: dict | None = None) -> Student:

@@ -25,11 +25,18 @@ class Surrogate(nn.Module):
         super().__init__()
         self.config = config
         self.student: Student = build_student(config["student"], len(config["classes"]), init_state)
-        self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128))
+        self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128),
+                                   config.get("explainer_cam", False))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, deltas = self.student(images)
-        return self.explainer(deltas, images.shape[-2:]), logits
+        logits, deltas, features = self.student(images)
+        return self.explain(deltas, features, logits.argmax(1), images.shape[-2:]), logits
+
+    def explain(self, deltas: list[torch.Tensor], features: torch.Tensor, class_ids: torch.Tensor,
+                size: tuple[int, int]) -> torch.Tensor:
+        """The saliency map of ``class_ids`` from the student's outputs (CAM only when the explainer reads it)."""
+        cam = self.student.class_activation_map(features, class_ids) if self.explainer.cam else None
+        return self.explainer(deltas, size, cam)
 
 
 def save_checkpoint(path: str | os.PathLike, model: Surrogate, extra_tensors: dict | None = None,

@@ -93,3 +93,30 @@ def destruction_loss(judge_logits_on_complement: torch.Tensor, teacher_logits: t
     prediction (Dabkowski & Gal 2017). Speaks to the deletion metric; weight 0 in the paper recipes."""
     predicted = teacher_logits.argmax(dim=1, keepdim=True)
     return F.softmax(judge_logits_on_complement, dim=1).gather(1, predicted).mean()
+
+
+def soft_top_mask(saliency: torch.Tensor, area: float, temperature: float) -> torch.Tensor:
+    """A soft mask of each map's top ``area`` fraction: sigmoid((H - t) / tau) with t the map's (1 - area)
+    quantile (no gradient) and tau = ``temperature`` x the map's value range. Gradients reach the pixels near the
+    threshold: whether moving them into or out of the top fraction helps is what the metrics reward."""
+    flat = saliency.detach().flatten(1)
+    threshold = torch.quantile(flat, 1.0 - area, dim=1).view(-1, 1, 1, 1)
+    spread = (flat.amax(1) - flat.amin(1)).clamp_min(1e-6).view(-1, 1, 1, 1)
+    return torch.sigmoid((saliency - threshold) / (temperature * spread))
+
+
+def insertion_composite(images: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """What the insertion metric scores: the kept pixels over RISE's blur of the image."""
+    from akd.perturbation import rise_blur
+
+    return blend(images, rise_blur(images), keep)
+
+
+def deletion_composite(images: torch.Tensor, removed: torch.Tensor) -> torch.Tensor:
+    """What the deletion metric scores: the removed pixels set to zero in normalised space."""
+    return images * (1 - removed)
+
+
+def class_log_probability(judge_logits: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
+    """Per-sample log-softmax of the given classes."""
+    return F.log_softmax(judge_logits, dim=1).gather(1, class_ids.view(-1, 1)).squeeze(1)

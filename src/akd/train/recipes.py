@@ -22,6 +22,9 @@ REQUIRED = ("alpha", "temperature", "sparsity", "rank_prior", "rank_prior_power"
             "substrate", "momentum", "nesterov", "weight_decay",
             "batch_size", "freeze_bn", "pretrained_lr_scale", "stages")
 DEFAULT_RECIPE = "paper-imagenet"
+# optional keys: the paper's objective unless a recipe asks for more (see akd.train.losses)
+DEFAULTS: dict[str, Any] = {"explanation": 1.0, "insertion": 0.0, "deletion": 0.0, "topk_areas": [0.05, 0.1, 0.2, 0.4],
+                            "topk_samples": 2, "topk_temperature": 0.05, "explainer_cam": False}
 
 
 def builtin_recipes() -> list[str]:
@@ -52,6 +55,14 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
     missing = [key for key in REQUIRED if key not in recipe]
     if missing:
         raise AkdError(f"{source}: recipe misses {', '.join(missing)}")
+    recipe = {**DEFAULTS, **recipe}
+    areas = recipe["topk_areas"]
+    if not (isinstance(areas, list) and areas and all(isinstance(a, (int, float)) and 0 < a < 1 for a in areas)):
+        raise AkdError(f"{source}: topk_areas must be a non-empty list of fractions between 0 and 1")
+    if not (isinstance(recipe["topk_samples"], int) and 1 <= recipe["topk_samples"] <= len(areas)):
+        raise AkdError(f"{source}: topk_samples must be an integer from 1 to the number of topk_areas")
+    if not recipe["topk_temperature"] > 0:
+        raise AkdError(f"{source}: topk_temperature must be positive")
     if recipe["substrate"] not in ("zeros", "blur"):
         raise AkdError(f"{source}: substrate must be 'zeros' or 'blur', not '{recipe['substrate']}'")
     if not recipe["rank_prior_power"] > 0:

@@ -30,7 +30,8 @@ from akd.util import AkdError
 
 log = logging.getLogger(__name__)
 
-LOSS_TERMS = ("kd", "exp", "sparsity", "rank_prior", "destruction")
+EXPLANATION_TERMS = ("explanation", "sparsity", "rank_prior", "destruction", "insertion", "deletion")
+LOSS_TERMS = ("kd", *EXPLANATION_TERMS)
 LOG_COLUMNS = ["stage", "epoch", "lr", "train_loss", *(f"train_{term}" for term in LOSS_TERMS), "train_agreement",
                "val_agreement", "val_teacher_top1", "val_student_top1", "val_mean_saliency", "train_images",
                "val_images", "skipped", "seconds"]
@@ -72,7 +73,7 @@ class DistillationStep(nn.Module):
         teacher = self._teacher[0]
         if teacher.differentiable:
             return teacher(images)
-        return self.surrogate.student(images)[0]
+        return self.surrogate.student(images).logits
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         recipe, student = self.recipe, self.surrogate.student
@@ -80,36 +81,59 @@ class DistillationStep(nn.Module):
             teacher_logits = self._teacher[0](images).float()
         stats: dict[str, torch.Tensor] = {}
         if self.stage == "student":
-            logits, _ = student(images)
-        elif self.stage == "explainer":  # student frozen: no graph through it
-            with torch.no_grad():
-                logits, deltas = student(images)
-            saliency = self.surrogate.explainer([d.detach() for d in deltas], images.shape[-2:])
+            logits = student(images).logits
         else:
-            saliency, logits = self.surrogate(images)
+            class_ids = teacher_logits.argmax(1)  # explain the target's prediction
+            with torch.set_grad_enabled(self.stage == "joint"):  # explainer stage: student frozen, no graph
+                logits, deltas, features = student(images)
+            saliency = self.surrogate.explain(deltas, features, class_ids, images.shape[-2:])
         logits = logits.float()
         loss = torch.zeros((), device=images.device)
         if self.stage in ("student", "joint"):
             stats["kd"] = losses.kd_loss(logits, teacher_logits, labels, recipe["alpha"], recipe["temperature"])
             loss = loss + stats["kd"]
         if self.stage in ("explainer", "joint"):
-            saliency = saliency.float()
-            substrate = losses.substrate(images, recipe["substrate"])
-            judged = [losses.blend(images, substrate, saliency)]
-            if recipe["destruction"] > 0:
-                judged.append(losses.blend(images, substrate, 1 - saliency))
-            judge_logits = self._judge(torch.cat(judged)).float().split(len(images))
-            stats["exp"] = losses.explanation_loss(judge_logits[0], teacher_logits)
-            stats["sparsity"] = losses.sparsity_loss(saliency)
-            loss = loss + stats["exp"] + recipe["sparsity"] * stats["sparsity"]
-            if recipe["rank_prior"] > 0:
-                stats["rank_prior"] = losses.rank_prior_loss(saliency, recipe["rank_prior_power"])
-                loss = loss + recipe["rank_prior"] * stats["rank_prior"]
-            if recipe["destruction"] > 0:
-                stats["destruction"] = losses.destruction_loss(judge_logits[1], teacher_logits)
-                loss = loss + recipe["destruction"] * stats["destruction"]
+            stats.update(self._explanation_terms(images, saliency.float(), teacher_logits, class_ids))
+            loss = loss + sum(recipe[term] * stats[term] for term in EXPLANATION_TERMS if term in stats)
         stats["agree"] = (logits.argmax(1) == teacher_logits.argmax(1)).float().sum()
         return loss, stats
+
+
+    def _explanation_terms(self, images: torch.Tensor, saliency: torch.Tensor, teacher_logits: torch.Tensor,
+                           class_ids: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Every explanation term the recipe weights, from one judge call over all composites of the batch."""
+        recipe = self.recipe
+        composites: dict[str, list[torch.Tensor]] = {}
+        if recipe["explanation"] > 0 or recipe["destruction"] > 0:
+            substrate = losses.substrate(images, recipe["substrate"])
+            composites["explanation"] = [losses.blend(images, substrate, saliency)]
+            if recipe["destruction"] > 0:
+                composites["destruction"] = [losses.blend(images, substrate, 1 - saliency)]
+        if recipe["insertion"] > 0 or recipe["deletion"] > 0:
+            areas = recipe["topk_areas"]
+            chosen = torch.randperm(len(areas))[:recipe["topk_samples"]].tolist()
+            masks = [losses.soft_top_mask(saliency, areas[i], recipe["topk_temperature"]) for i in chosen]
+            if recipe["insertion"] > 0:
+                composites["insertion"] = [losses.insertion_composite(images, mask) for mask in masks]
+            if recipe["deletion"] > 0:
+                composites["deletion"] = [losses.deletion_composite(images, mask) for mask in masks]
+        judged = [image for group in composites.values() for image in group]
+        logits = iter(self._judge(torch.cat(judged)).float().split(len(images)) if judged else [])
+        judge = {term: [next(logits) for _ in group] for term, group in composites.items()}
+        stats = {"sparsity": losses.sparsity_loss(saliency)}
+        if "explanation" in judge:
+            stats["explanation"] = losses.explanation_loss(judge["explanation"][0], teacher_logits)
+        if "destruction" in judge:
+            stats["destruction"] = losses.destruction_loss(judge["destruction"][0], teacher_logits)
+        if recipe["rank_prior"] > 0:
+            stats["rank_prior"] = losses.rank_prior_loss(saliency, recipe["rank_prior_power"])
+        # insertion/deletion: the probability of the explained class on each composite, the quantity whose mean
+        # over areas is the metric's AUC (insertion enters as 1 - p so every term is minimised)
+        for term, sign in (("insertion", -1.0), ("deletion", 1.0)):
+            if term in judge:
+                probability = torch.stack([losses.class_log_probability(z, class_ids).exp() for z in judge[term]])
+                stats[term] = (1.0 - probability.mean()) if sign < 0 else probability.mean()
+        return stats
 
 
 def _param_groups(surrogate: Surrogate, stage: str, recipe: dict, pretrained: bool) -> list[dict]:
@@ -195,6 +219,7 @@ class Trainer:
             "student": arch,
             "student_init": "target" if init_state is not None else "scratch",
             "explainer_width": 128,
+            "explainer_cam": bool(options.recipe["explainer_cam"]),
             "classes": list(classes),
             "input_size": [teacher.preprocessing.input_size] * 2,
             "preprocessing": teacher.preprocessing.to_config(),
