@@ -73,6 +73,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/bench-distill")
     parser.add_argument("--ship", action="store_true", help="write the result into the package as the default")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the checkpoint in --work (for example a finished student stage)")
     parser.add_argument("extra", nargs="*", help="extra akd-train flags (after --)")
     args = parser.parse_args()
     if not SHARED.is_dir():
@@ -81,11 +83,13 @@ def main() -> int:
     work = Path(args.work)
     train_dir, val_dir, heldout_dir = split(SHARED, work)
     out = work / "surrogate.safetensors"
-    for stale in (out, out.with_suffix(".log.csv")):
+    for stale in (out, out.with_suffix(".log.csv")) if not args.resume else ():
         stale.unlink(missing_ok=True)
     command = ["akd-train", "--teacher", "efficientnet_lite0", "--student", "same-as-teacher",
                "--recipe", "imagenet-lite0", "--stages", "student,explainer", "--data", str(train_dir),
                "--val", str(val_dir), "--workers", "1", "--no-progress", "--out", str(out), *args.extra]
+    if args.resume:
+        command.append("--resume")
     print("command:", shlex.join(command), flush=True)
     started = time.perf_counter()
     subprocess.run(command, check=True, env={**os.environ})

@@ -104,8 +104,11 @@ def test_class_activation_map_is_each_positions_share_of_the_logit():
         with torch.no_grad():
             logits, _, features = student(torch.randn(3, 3, 64, 64))
             classes = torch.tensor([0, 5, 2])
-            cam = student.class_activation_map(features, classes)
+            one_hot = torch.nn.functional.one_hot(classes, 6).float()[..., None, None]
+            cam = student.class_activation_map(features, one_hot)
+            pooled = student.pooled_logits(features)
         bias = student._classifier[0].bias[classes]
+        torch.testing.assert_close(pooled.flatten(1), logits)
         assert cam.shape == (3, 1, 2, 2)
         torch.testing.assert_close(cam.mean(dim=(1, 2, 3)) + bias, logits[torch.arange(3), classes])
 
@@ -124,7 +127,8 @@ def test_cam_explainer_starts_from_the_cam_ranking_and_exports(tmp_path):
     with torch.no_grad():
         saliency, logits = surrogate(images)
         _, _, features = surrogate.student(images)
-        cam = surrogate.student.class_activation_map(features, logits.argmax(1))
+        one_hot = torch.nn.functional.one_hot(logits.argmax(1), 6).float()[..., None, None]
+        cam = surrogate.student.class_activation_map(features, one_hot)
     expected = F.interpolate(F.interpolate(cam, size=(8, 8), mode="bilinear"), size=(64, 64), mode="bilinear")
     for got, want in zip(saliency, expected, strict=True):
         assert np.corrcoef(got.flatten().numpy(), want.flatten().numpy())[0, 1] > 0.999

@@ -198,5 +198,5 @@ def test_paper_recipes_keep_the_paper_objective():
     recipe = load_recipe("paper-imagenet")
     assert (recipe["explanation"], recipe["insertion"], recipe["deletion"], recipe["explainer_cam"]) == \
         (1.0, 0.0, 0.0, False)
-    lite = load_recipe("imagenet-lite0")
-    assert lite["insertion"] > 0 and lite["deletion"] > 0 and lite["explainer_cam"] is True
+    lite = load_recipe("imagenet-lite0")  # the shipped recipe: the explainer stays at its CAM start
+    assert lite["explainer_cam"] is True and lite["stages"]["explainer"]["epochs"] == 0

@@ -213,7 +213,7 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str, 
     metadata.update({"akd_precision": "int8", "akd_int8_flavour": flavour, "akd_calibration": json.dumps(info)})
     if verify:
         drift = drift_report(fp32_model.SerializeToString(), int8.SerializeToString(), config, input_format, data_set,
-                             fallback_data)
+                             fallback_data, flavour)
         metadata["akd_drift"] = json.dumps(drift)
         info["drift"] = drift
         # the default gate is the int8 parity limits; a --max-drift above the default knowingly loosens them

@@ -35,11 +35,23 @@ class UpsampleBlock(nn.Module):
 
 
 def standardise(maps: torch.Tensor) -> torch.Tensor:
-    """Per-map zero mean and unit variance over positions, so the explainer sees CAM's shape, not its scale."""
+    """Per-map zero mean and unit variance over positions, so the explainer sees CAM's shape, not its scale.
+    InstanceNormalization in ONNX: OpenCV's importer cannot broadcast an (N,1,1,1) statistic over a 1-channel map."""
     maps = maps.float()
-    mean = maps.mean(dim=(2, 3), keepdim=True)
-    std = (maps - mean).pow(2).mean(dim=(2, 3), keepdim=True).add(1e-6).sqrt()
-    return (maps - mean) / std
+    if maps.shape[-2] * maps.shape[-1] == 1:  # one position has no shape to standardise
+        return torch.zeros_like(maps)
+    return F.instance_norm(maps, eps=1e-6)
+
+
+def _upsample_to(coarse: torch.Tensor, fine: torch.Tensor) -> torch.Tensor:
+    """Bilinear resize of ``coarse`` to ``fine``'s size; a constant scale factor when the sizes are an integer
+    multiple apart (the usual stride 32 -> 8), which exports as a Resize with constant scales - the form OpenCV's
+    importer runs (a size computed from another tensor's shape made it fail at run time)."""
+    height, width = (int(v) for v in coarse.shape[-2:])
+    fine_height, fine_width = (int(v) for v in fine.shape[-2:])
+    if fine_height % height == 0 and fine_height // height == fine_width // width and fine_width % width == 0:
+        return F.interpolate(coarse, scale_factor=float(fine_height // height), mode="bilinear", align_corners=False)
+    return F.interpolate(coarse, size=(fine_height, fine_width), mode="bilinear", align_corners=False)
 
 
 class Explainer(nn.Module):
@@ -75,6 +87,5 @@ class Explainer(nn.Module):
         x = self.block8(x, d8)
         logit = self.head(x).float()
         if cam is not None:
-            logit = logit + self.cam_gain * F.interpolate(cam, size=logit.shape[-2:], mode="bilinear",
-                                                          align_corners=False)
+            logit = logit + self.cam_gain * _upsample_to(cam, logit)
         return torch.sigmoid(F.interpolate(logit, size=size, mode="bilinear", align_corners=False))  # fp32 always

@@ -16,6 +16,7 @@ from __future__ import annotations
 from typing import NamedTuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from akd.models.cbam import CBAM
@@ -92,15 +93,29 @@ class Student(nn.Module):
         features = self._features.pop() if self._features else logits.new_zeros(len(logits), 0, 1, 1)
         return StudentOutput(logits, deltas, features)
 
-    def class_activation_map(self, features: torch.Tensor, class_ids: torch.Tensor) -> torch.Tensor:
-        """(N,1,h,w) CAM of each image's class: the classifier row of that class applied at every position."""
+    def _linear_head(self, features: torch.Tensor) -> nn.Linear:
         classifier = self._classifier[0]
         if not (isinstance(classifier, nn.Linear) and self._pool_type == "avg"
                 and features.shape[1] == classifier.in_features):
             raise AkdError("this student does not end in global average pooling followed by a linear classifier, "
                            "so it has no class activation map (set explainer_cam: false)")
-        weights = self._classifier[0].weight[class_ids].to(features.dtype)  # (N, C)
-        return torch.einsum("nc,nchw->nhw", weights, features).unsqueeze(1)
+        return classifier
+
+    def pooled_logits(self, features: torch.Tensor) -> torch.Tensor:
+        """(N, classes, 1, 1): the logits again, from the pooled features kept 4-D, so the class choice made on
+        them feeds ``class_activation_map`` without an Unsqueeze of several axes or a Gather by a computed
+        index - the two ops OpenCV's ONNX importer (the C++ runtime) cannot load."""
+        classifier = self._linear_head(features)
+        pooled = features.mean(dim=(2, 3), keepdim=True)
+        return F.conv2d(pooled, classifier.weight[:, :, None, None].to(pooled.dtype), classifier.bias)
+
+    def class_activation_map(self, features: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
+        """(N,1,h,w) CAM: the classifier rows weighted by ``class_weights`` (N, classes, 1, 1) - one-hot for one
+        class - applied at every position; its mean over positions plus the bias is the class logit."""
+        classifier = self._linear_head(features)
+        kernel = classifier.weight.t()[:, :, None, None]  # (C, classes, 1, 1): a constant in the graph
+        weights = F.conv2d(class_weights.to(kernel.dtype), kernel).to(features.dtype)  # (N, C, 1, 1)
+        return (features * weights).mean(dim=1, keepdim=True) * features.shape[1]
 
 
 def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:

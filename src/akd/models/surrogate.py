@@ -30,13 +30,24 @@ class Surrogate(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, deltas, features = self.student(images)
-        return self.explain(deltas, features, logits.argmax(1), images.shape[-2:]), logits
+        weights = predicted_class(self.student.pooled_logits(features)) if self.explainer.cam else None
+        return self.explain(deltas, features, weights, images.shape[-2:]), logits
 
-    def explain(self, deltas: list[torch.Tensor], features: torch.Tensor, class_ids: torch.Tensor,
+    def explain(self, deltas: list[torch.Tensor], features: torch.Tensor, class_weights: torch.Tensor | None,
                 size: tuple[int, int]) -> torch.Tensor:
-        """The saliency map of ``class_ids`` from the student's outputs (CAM only when the explainer reads it)."""
-        cam = self.student.class_activation_map(features, class_ids) if self.explainer.cam else None
+        """The saliency map of the class(es) weighted by ``class_weights`` (N, classes, 1, 1) from the student's
+        outputs (CAM only when the explainer reads it)."""
+        cam = self.student.class_activation_map(features, class_weights) if self.explainer.cam else None
         return self.explainer(deltas, size, cam)
+
+
+def predicted_class(logits: torch.Tensor, sharpness: float = 100.0) -> torch.Tensor:
+    """Weights of the predicted class over dim 1: softmax(z * sharpness), one-hot unless the top two logits lie
+    within a few hundredths (then their CAMs blend, which is what a near-tie should give). Softmax is
+    shift-invariant and every runtime subtracts the maximum itself; doing it here broadcasts an (N,1,1,1) tensor,
+    which OpenCV's importer (the C++ runtime) cannot run, and a Gather by ArgMax it cannot load. 100 keeps logits
+    up to 655 finite in fp16."""
+    return torch.softmax(logits.float() * sharpness, dim=1)
 
 
 def save_checkpoint(path: str | os.PathLike, model: Surrogate, extra_tensors: dict | None = None,

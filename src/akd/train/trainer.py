@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from akd.models.surrogate import TRAIN_STATE_PREFIX, Surrogate, read_checkpoint, save_checkpoint
+from akd.models.surrogate import TRAIN_STATE_PREFIX, Surrogate, predicted_class, read_checkpoint, save_checkpoint
 from akd.models.teachers import Preprocessing, Teacher, load_teacher, teacher_init_state
 from akd.train import losses
 from akd.train.data import DistillationDataset, collate, data_summary, discover, shard_indices, transforms_for
@@ -86,7 +86,8 @@ class DistillationStep(nn.Module):
             class_ids = teacher_logits.argmax(1)  # explain the target's prediction
             with torch.set_grad_enabled(self.stage == "joint"):  # explainer stage: student frozen, no graph
                 logits, deltas, features = student(images)
-            saliency = self.surrogate.explain(deltas, features, class_ids, images.shape[-2:])
+            weights = predicted_class(teacher_logits)[:, :, None, None]
+            saliency = self.surrogate.explain(deltas, features, weights, images.shape[-2:])
         logits = logits.float()
         loss = torch.zeros((), device=images.device)
         if self.stage in ("student", "joint"):
