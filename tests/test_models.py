@@ -106,9 +106,7 @@ def test_class_activation_map_is_each_positions_share_of_the_logit():
             classes = torch.tensor([0, 5, 2])
             one_hot = torch.nn.functional.one_hot(classes, 6).float()[..., None, None]
             cam = student.class_activation_map(features, one_hot)
-            pooled = student.pooled_logits(features)
         bias = student._classifier[0].bias[classes]
-        torch.testing.assert_close(pooled.flatten(1), logits)
         assert cam.shape == (3, 1, 2, 2)
         torch.testing.assert_close(cam.mean(dim=(1, 2, 3)) + bias, logits[torch.arange(3), classes])
 

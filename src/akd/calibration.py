@@ -31,6 +31,19 @@ DEFAULT_MAX_DRIFT = 0.03  # the int8 parity limits: Pearson >= 0.98, class agree
 # module and measured far worse on the EfficientNet-Lite0 surrogate (saliency Pearson 0.91, class agreement 0.84
 # vs 0.997 and 0.98 with the default set, which is also faster).
 QUANTIZED_OPS = None
+# Nodes left in float: the surrogate's own nodes outside the student network and the explainer's decoder blocks -
+# the class choice (a softmax of 100 x the logits: an int8 step there is a wrong class) and the class activation
+# map with the explainer's head. The student, including the features CAM reads, is quantized as before.
+FLOAT_PREFIX, QUANTIZED_PREFIXES = "/surrogate/", ("/surrogate/student/", "/surrogate/explainer/block")
+
+
+def float_nodes(fp32_path: str) -> list[str]:
+    """Names of the nodes ``quantize`` keeps in float (see FLOAT_PREFIX)."""
+    import onnx
+
+    graph = onnx.load(fp32_path, load_external_data=False).graph
+    return [node.name for node in graph.node
+            if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
 CACHE_FORMAT = 2  # bump when what the calibrator records changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
 
@@ -189,7 +202,7 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
                 save_tensors_data(histogram_ranges(fp32_path, reader, method, stride, near_constant), cache)
             quantize_static(
                 fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-                per_channel=True,
+                nodes_to_exclude=float_nodes(fp32_path), per_channel=True,
                 activation_type=QuantType.QInt8 if flavour == "tensorrt" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method={"minmax": CalibrationMethod.MinMax,
                                                                "entropy": CalibrationMethod.Entropy,

@@ -101,14 +101,6 @@ class Student(nn.Module):
                            "so it has no class activation map (set explainer_cam: false)")
         return classifier
 
-    def pooled_logits(self, features: torch.Tensor) -> torch.Tensor:
-        """(N, classes, 1, 1): the logits again, from the pooled features kept 4-D, so the class choice made on
-        them feeds ``class_activation_map`` without an Unsqueeze of several axes or a Gather by a computed
-        index - the two ops OpenCV's ONNX importer (the C++ runtime) cannot load."""
-        classifier = self._linear_head(features)
-        pooled = features.mean(dim=(2, 3), keepdim=True)
-        return F.conv2d(pooled, classifier.weight[:, :, None, None].to(pooled.dtype), classifier.bias)
-
     def class_activation_map(self, features: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:
         """(N,1,h,w) CAM: the classifier rows weighted by ``class_weights`` (N, classes, 1, 1) - one-hot for one
         class - applied at every position; its mean over positions plus the bias is the class logit."""

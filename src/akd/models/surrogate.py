@@ -30,7 +30,9 @@ class Surrogate(nn.Module):
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         logits, deltas, features = self.student(images)
-        weights = predicted_class(self.student.pooled_logits(features)) if self.explainer.cam else None
+        # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
+        classes = len(self.config["classes"])
+        weights = predicted_class(logits.reshape(-1, classes, 1, 1)) if self.explainer.cam else None
         return self.explain(deltas, features, weights, images.shape[-2:]), logits
 
     def explain(self, deltas: list[torch.Tensor], features: torch.Tensor, class_weights: torch.Tensor | None,
