@@ -1,11 +1,11 @@
 """Fidelity and speed of the shipped surrogate against Grad-CAM, RISE and LIME (the paper's Tables 3 and 4).
 
 Target: the built-in EfficientNet-Lite0. Images: the held-out split of ../shared/data/imagenet-sample (the split of
-benchmarks/distill_imagenet_sample.py; the shipped surrogate was trained on the other 640 images only). The
-surrogate is exported to fp32 ONNX (and with ``--int8`` its INT8 form, calibrated on the training split) and timed
-through the runtime with onnxruntime at batch 1, side by side with the baselines in one akd-evaluate run. Grad-CAM
-runs on two layers - the end of the last stage (``blocks.6``) and the final 1x1 convolution's output (``bn2``,
-after ``conv_head``) - and akd is compared with the better of the two.
+benchmarks/distill_imagenet_sample.py; the shipped surrogate was trained on 544 of the other 640 images and its
+recipe chosen on the remaining 96). The surrogate is exported to fp32 ONNX (and with ``--int8`` its INT8 form,
+calibrated on the training split) and timed through the runtime with onnxruntime at batch 1, side by side with the
+baselines in one akd-evaluate run. Grad-CAM runs on two layers - the end of the last stage (``blocks.6``) and the
+final 1x1 convolution's output (``bn2``, after ``conv_head``) - and akd is compared with the better of the two.
 
     python benchmarks/fidelity_imagenet_sample.py [--limit 160] [--rise 32] [--lime 8] [--int8] [--threads 2]
 

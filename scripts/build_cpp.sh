@@ -2,7 +2,7 @@
 # Build the C++ runtime (akd_runtime, akd-infer) into build/cpp and run its ctest entries. Needs CMake, a C++17
 # compiler, OpenCV 4 with dnn (Debian: libopencv-dev) and nlohmann-json (nlohmann-json3-dev); --install-deps
 # installs the two packages with apt-get when they are missing and we are root. Without them it says so and
-# exits 0, and the C++ parity tests skip.
+# exits 0, and the C++ parity tests skip - except under CI=true, where a missing C++ build fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 have_deps() { pkg-config --exists opencv4 && [[ -f /usr/include/nlohmann/json.hpp ]]; }
@@ -13,6 +13,7 @@ if [[ ${1:-} == --install-deps ]] && ! have_deps && [[ $(id -u) == 0 ]] && comma
 fi
 if ! command -v cmake > /dev/null || ! have_deps; then
     echo "build_cpp: CMake, OpenCV 4 or nlohmann-json missing - C++ runtime not built" >&2
+    [[ ${CI:-} == true ]] && { echo "build_cpp: CI=true: the C++ runtime must build here" >&2; exit 1; }
     exit 0
 fi
 cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Release > /dev/null

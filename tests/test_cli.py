@@ -80,3 +80,21 @@ def test_akd_train_and_akd_train_subcommand_are_the_same(capsys):
     assert main(["bogus"]) == 2
     result = subprocess.run([sys.executable, "-m", "akd.cli", "train", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "--teacher" in result.stdout and "--stages" in result.stdout
+
+
+def test_same_as_teacher_student_with_a_validation_folder(flat_folder, tmp_path, capsys):
+    """--student same-as-teacher starts from the target's own weights (a timm CNN here); --val is evaluated."""
+    import json
+
+    from akd.models.surrogate import read_checkpoint
+
+    out = tmp_path / "same.safetensors"
+    code = train_main(["--teacher", "timm:resnet10t", "--student", "same-as-teacher", "--data", str(flat_folder),
+                       "--val", str(flat_folder), "--image-size", str(SIZE), "--stages", "student", "--epochs", "1",
+                       "--batch-size", "4", "--no-progress", "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert "validation: val_agreement" in captured.err and "val_images 8" in captured.err
+    config = json.loads(read_checkpoint(out)[1]["config"])
+    assert config["student"] == "timm:resnet10t" and config["student_init"] == "target"
+    assert config["training"]["val"] == str(flat_folder)

@@ -13,6 +13,8 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 AKD_INFER = Path(os.environ.get("AKD_INFER", ROOT / "build" / "cpp" / "akd-infer"))
 
+if not AKD_INFER.is_file() and os.environ.get("CI") == "true":  # CI builds it: a missing binary is a failure
+    raise RuntimeError(f"CI=true but the C++ runtime is not built at {AKD_INFER} (bash scripts/build_cpp.sh)")
 pytestmark = pytest.mark.skipif(not AKD_INFER.is_file(), reason="C++ runtime not built (bash scripts/build_cpp.sh)")
 
 

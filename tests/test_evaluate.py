@@ -155,6 +155,48 @@ def test_last_spatial_module_picks_the_end_of_the_last_conv_stage(tiny_net):
     assert last_spatial_module(tiny_net, torch.zeros(1, 3, 32, 32))[0] == "features.4"  # ReLU before pooling
 
 
+BIG_PATCH = (slice(24, 48), slice(24, 48))
+
+
+class BrightPatchModel(nn.Module):
+    """Class 0's logit is 4 x (the mean of relu(1x1 convolution) over one patch of a 96x96 image - 0.5). The
+    convolution gives Grad-CAM its hooks and a positive channel weight; a superpixel replaced by its mean colour
+    (LIME's perturbation) loses the patch's bright squares."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 1, 1, bias=False)
+        nn.init.constant_(self.conv.weight, 1 / 3)
+
+    def forward(self, x):
+        evidence = torch.relu(self.conv(x))[:, 0, BIG_PATCH[0], BIG_PATCH[1]].mean(dim=(1, 2))
+        return torch.stack([4 * (evidence - 0.5), torch.zeros_like(evidence)], dim=1)
+
+
+def bright_patch_image() -> EvalImage:
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(96, 160, (96, 96, 3)).astype(np.uint8)  # dim noise: relu keeps little of it
+    squares = (np.indices((24, 24)) // 4).sum(0) % 2 * 255
+    pixels[BIG_PATCH] = squares.astype(np.uint8)[..., None]
+    tensor = (torch.from_numpy(pixels).permute(2, 0, 1)[None].float() / 255 - 0.5) / 0.25
+    return EvalImage("bright-patch", pixels, tensor, 0)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "lime"])
+def test_gradcam_and_lime_find_the_patch(method):
+    pytest.importorskip({"gradcam": "pytorch_grad_cam", "lime": "lime"}[method])
+    teacher = _module_teacher(BrightPatchModel(), Preprocessing(96, (0.5,) * 3, (0.25,) * 3), {"name": "patch"})
+    image = bright_patch_image()
+    assert int(teacher(image.tensor).argmax(1)[0]) == 0
+    explainer = GradCamMethod(teacher, "conv") if method == "gradcam" else LimeMethod(teacher, samples=300)
+    saliency = explainer.explain(image)
+    explainer.close()
+    outside = np.ones((96, 96), bool)
+    outside[BIG_PATCH] = False
+    assert saliency[BIG_PATCH].mean() > 2 * max(saliency[outside].mean(), 1e-6), (saliency[BIG_PATCH].mean(),
+                                                                                 saliency[outside].mean())
+
+
 def test_gradcam_and_lime_adapters_on_a_tiny_target(tiny_net):
     pytest.importorskip("pytorch_grad_cam")
     pytest.importorskip("lime")
@@ -200,7 +242,7 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
     pre = json.loads(header["config"])["preprocessing"]
     torch.manual_seed(0)
     target = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                           nn.Linear(8, 5))
+                           nn.Linear(8, 10))
     teacher = _module_teacher(target, Preprocessing(64, tuple(pre["mean"]), tuple(pre["std"])), {"name": "tiny"})
     options = EvalOptions(models=[str(tiny_checkpoint)], data=str(flat_folder), out=str(tmp_path / "report"),
                           limit=3, subsets={"rise": 2, "lime": 2}, rise_masks=50, lime_samples=20)
@@ -212,7 +254,7 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
     assert report["results"]["rise"]["all"]["insertion"]["count"] == 2
     for result in report["results"].values():
         assert len(result["curves"]["insertion"]) == 9
-        assert 0 <= result["common"]["deletion"]["mean"] <= 1
+        assert result["common"]["deletion"]["count"] == 2
     folder = tmp_path / "report"
     assert json.loads((folder / "report.json").read_text())["images"] == 3
     assert "Table 4" in (folder / "report.md").read_text() == markdown(report)
@@ -275,3 +317,44 @@ def test_cli_missing_data(torchscript_target, tmp_path, capsys):
     code = main(["evaluate", "--teacher", str(torchscript_target), "--data", str(tmp_path / "none"),
                  "--methods", "rise", "--out", str(tmp_path / "r")])
     assert code == 2 and "none" in capsys.readouterr().err
+
+
+def test_evaluate_cli_full_report_with_masks(flat_folder, tmp_path, capsys):
+    """The command end to end: a file target with the surrogate's class count, object masks -> pointing games in
+    report.json and report.md, the figures written; a target with another class count is refused up front."""
+    pytest.importorskip("matplotlib")
+    from akd.models.surrogate import Surrogate, save_checkpoint
+
+    from conftest import tiny_surrogate_config
+
+    torch.manual_seed(0)
+    checkpoint = tmp_path / "s224.safetensors"  # file targets read 224x224 images
+    save_checkpoint(checkpoint, Surrogate(tiny_surrogate_config(size=224)).eval())
+    target = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(8, 10)).eval()
+    scripted = tmp_path / "target.pt"
+    torch.jit.script(target).save(str(scripted))
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    from PIL import Image
+
+    for path in flat_folder.iterdir():
+        mask = np.zeros((32, 32), np.uint8)
+        mask[8:24, 8:24] = 255
+        Image.fromarray(mask).save(masks / f"{path.stem}.png")
+    out = tmp_path / "report"
+    common = ["evaluate", "--model", str(checkpoint), "--teacher", str(scripted), "--mean", "0.5,0.5,0.5",
+              "--std", "0.25,0.25,0.25", "--data", str(flat_folder), "--methods", "akd,rise", "--limit", "2",
+              "--rise-masks", "20", "--no-progress"]
+    code = main([*common, "--masks", str(masks), "--out", str(out)])
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    report = json.loads((out / "report.json").read_text())
+    assert report["results"]["akd"]["all"]["pointing"]["count"] == 2
+    assert "energy_pointing" in report["results"]["rise"]["all"]
+    assert {p.name for p in out.iterdir()} >= {"report.json", "report.md", "curves.png", "overlays.png"}
+    five = tmp_path / "five.pt"
+    torch.jit.script(nn.Sequential(nn.Conv2d(3, 5, 1), nn.AdaptiveAvgPool2d(1), nn.Flatten())).save(str(five))
+    code = main([*common[:3], "--teacher", str(five), *common[5:], "--out", str(tmp_path / "r2")])
+    err = capsys.readouterr().err
+    assert code == 2 and "knows 10 classes but the target has 5" in err

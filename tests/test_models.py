@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from akd.models.cbam import CBAM
@@ -58,7 +59,6 @@ def test_surrogate_shapes_and_ranges_resnet18():
     with torch.no_grad():
         saliency, logits = model(images)
     assert saliency.shape == (3, 1, 64, 96) and logits.shape == (3, 10)
-    assert float(saliency.min()) >= 0 and float(saliency.max()) <= 1
     assert model.student.tap_channels == [128, 256, 512]
 
 
@@ -87,7 +87,6 @@ def test_timm_student_taps_three_deepest_stages_and_keeps_target_weights():
 
 
 def test_unknown_student_is_a_clear_error():
-    import pytest
 
     from akd.util import AkdError
 
@@ -109,6 +108,34 @@ def test_class_activation_map_is_each_positions_share_of_the_logit():
         bias = student._classifier[0].bias[classes]
         assert cam.shape == (3, 1, 2, 2)
         torch.testing.assert_close(cam.mean(dim=(1, 2, 3)) + bias, logits[torch.arange(3), classes])
+
+
+def test_log_probability_cam_is_the_gradient_of_the_log_probability():
+    """``cam_score: log_probability``: CAM with weights one-hot - softmax equals, position by position, the
+    gradient of log p_c with respect to the pooled features times those features (Grad-CAM of log p_c at the
+    last layer); it differs from the logit CAM and survives export as softmax - softmax."""
+    from akd.models.surrogate import cam_class_weights
+
+    torch.manual_seed(0)
+    student = build_student("resnet18_cbam", 6).eval()
+    images = torch.randn(3, 3, 64, 64)
+    with torch.no_grad():
+        student._classifier[0].weight.mul_(30)  # clear winners: the sharpened class choice is one-hot
+        logits, _, features = student(images)
+    weights = cam_class_weights(logits[..., None, None] * 0.01, "log_probability")  # close logits: soft choice
+    assert torch.allclose(weights.sum(dim=1), torch.zeros(3, 1, 1), atol=1e-6)
+    classes = logits.argmax(1)
+    pooled = features.mean(dim=(2, 3)).requires_grad_(True)
+    log_p = torch.log_softmax(student._classifier[0](pooled), dim=1)[torch.arange(3), classes].sum()
+    (gradient,) = torch.autograd.grad(log_p, pooled)
+    with torch.no_grad():
+        cam = student.class_activation_map(features, cam_class_weights(logits[..., None, None], "log_probability"))
+        plain = student.class_activation_map(features, cam_class_weights(logits[..., None, None], "logit"))
+    expected = (gradient[..., None, None] * features).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(cam, expected, rtol=1e-3, atol=1e-4)
+    assert not torch.allclose(cam, plain)
+    with pytest.raises(ValueError, match="cam_score"):
+        cam_class_weights(logits, "probability")
 
 
 def test_cam_explainer_starts_from_the_cam_ranking_and_exports(tmp_path):

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import json
+import logging
 import os
 import tempfile
 from dataclasses import dataclass
@@ -24,6 +26,7 @@ import numpy as np
 from akd.export.parity import compare, images_of, sampled, to_input
 from akd.util import AkdError
 
+log = logging.getLogger(__name__)
 FLAVOURS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_MAX_DRIFT = 0.03  # the int8 parity limits: Pearson >= 0.98, class agreement >= 0.97
@@ -56,12 +59,17 @@ class CalibrationData:
 
 
 def calibration_data(data: str, num_images: int, seed: int = 0) -> CalibrationData:
-    """The first ``num_images`` of a seeded shuffle calibrate; up to 128 of the rest are held out for drift."""
+    """A seeded shuffle: up to ``num_images`` calibrate, and up to 128 of the rest are held out for drift. At least
+    a fifth of a small folder (8 images or more) is always held out, so drift is judged on images like the
+    user's; only a folder under 16 images leaves none (drift is then judged on the fallback photos)."""
     from akd.train.data import discover
 
     found = discover(data, "train")
     ordered = sampled(found.samples, seed)
-    chosen, heldout = ordered[:num_images], ordered[num_images:num_images + 128]
+    reserved = max(8, len(ordered) // 5)
+    reserved = reserved if len(ordered) - reserved >= 8 else 0
+    chosen = ordered[:min(num_images, len(ordered) - reserved)]
+    heldout = ordered[len(chosen):len(chosen) + 128]
     digest = hashlib.sha256(f"{num_images}:{seed}".encode())
     for sample in chosen:
         stat = os.stat(sample.path)
@@ -195,6 +203,7 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
     near_constant: dict[str, tuple[float, float]] = {}
     try:
         with contextlib.ExitStack() as stack:
+            quiet = stack.enter_context(_quiet_quantizer())
             if cache is None:  # ranges reach quantize_static through its cache file, so use a temporary one
                 cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="akd-ranges-"))) / "ranges.json"
             if method != "minmax" and not cache.is_file():
@@ -202,17 +211,63 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
                 save_tensors_data(histogram_ranges(fp32_path, reader, method, stride, near_constant), cache)
             quantize_static(
                 fp32_path, out_path, reader, quant_format=QuantFormat.QDQ, op_types_to_quantize=QUANTIZED_OPS,
-                nodes_to_exclude=float_nodes(fp32_path), per_channel=True,
+                nodes_to_exclude=float_nodes(fp32_path), per_channel=True, reduce_range=flavour == "cpu",
                 activation_type=QuantType.QInt8 if flavour == "tensorrt" else QuantType.QUInt8,
                 weight_type=QuantType.QInt8, calibrate_method={"minmax": CalibrationMethod.MinMax,
                                                                "entropy": CalibrationMethod.Entropy,
                                                                "percentile": CalibrationMethod.Percentile}[method],
                 extra_options=extra, calibration_cache_path=str(cache))
+            _refuse_nonfinite_ranges(cache)
     except ValueError as exc:  # e.g. histogram calibrators on images with no variation
         raise AkdError(f"calibration failed with the {method} method ({exc}); are the calibration images varied "
                        "enough? Try more images or --calibration-method minmax") from None
+    if quiet.per_tensor:
+        log.info("%d weights of rank 1 have no channel axis: quantized per tensor", quiet.per_tensor)
     return {"flavour": flavour, "method": method, "images": len(data.samples), "skipped": reader.skipped,
             "near_constant_tensors": len(near_constant), "cache": str(cache) if cache_dir else None, "cache_hit": hit}
+
+
+class _QuantizerNoise(logging.Filter):
+    """Drops onnxruntime quantizer warnings that are not the user's problem, counting the per-channel fallbacks:
+    one 'Axis 1 is out-of-range' per rank-1 weight (quantized per tensor instead, as intended), and the advice to
+    run its pre-processing, which akd does not (graph optimisation would fold the float islands it keeps)."""
+
+    per_tensor = 0
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        if "is out-of-range for weight" in message:
+            self.per_tensor += 1
+            return False
+        return "pre-processing before quantization" not in message
+
+
+@contextlib.contextmanager
+def _quiet_quantizer():
+    noise = _QuantizerNoise()
+    root = logging.getLogger()
+    root.addFilter(noise)
+    try:
+        yield noise
+    finally:
+        root.removeFilter(noise)
+
+
+def _refuse_nonfinite_ranges(cache: Path) -> None:
+    """A range that is NaN or infinite means the fp32 graph itself computes garbage (corrupt weights): such a
+    cache must never be kept, or every later run would reuse it."""
+    def finite(value) -> bool:  # a number, or an array saved as {"data": [...], ...}
+        values = np.asarray(value.get("data", 0.0) if isinstance(value, dict) else value, dtype=np.float64)
+        return bool(np.isfinite(values).all())
+
+    data = json.loads(cache.read_text()).get("data", {})
+    broken = [name for name, entry in data.items()
+              if not all(finite(entry.get(key, 0.0)) for key in ("lowest", "highest"))]
+    if broken:
+        cache.unlink(missing_ok=True)
+        raise AkdError(f"calibration produced non-finite ranges for {len(broken)} tensors (e.g. '{broken[0]}'): the "
+                       "fp32 graph computes NaN or infinity on these images (corrupt weights?); nothing cached or "
+                       "written")
 
 
 def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: str, data: CalibrationData,
@@ -229,10 +284,14 @@ def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: s
     int8 = run_onnx(int8_model, inputs, simulate_qdq=flavour == "tensorrt")
     metrics = compare(run_onnx(fp32_model, inputs), int8, np.ones(len(images), bool))
     metrics["drift"] = drift(metrics)
-    metrics["evaluated_on"] = "held-out calibration images" if heldout else (fallback or "sample-photos")
+    metrics["evaluated_on"] = (f"{len(images)} held-out images of the calibration data" if heldout else
+                               f"{fallback or 'sample-photos'} (fewer than 16 calibration images: none held out)")
     return metrics
 
 
 def drift(metrics: dict[str, float]) -> float:
-    """One number for the gate: the worst of (1 - saliency Pearson) and (1 - class agreement)."""
+    """One number for the gate: the worst of (1 - saliency Pearson) and (1 - class agreement); infinite when
+    either is NaN (a graph computing NaN must fail every gate)."""
+    if not (np.isfinite(metrics["saliency_pearson"]) and np.isfinite(metrics["class_agreement"])):
+        return float("inf")
     return max(1.0 - metrics["saliency_pearson"], 1.0 - metrics["class_agreement"])

@@ -11,7 +11,7 @@ import shlex
 import sys
 from collections.abc import Callable
 
-from akd.util import AkdError
+from akd.util import AkdError, check_writable
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -39,6 +39,12 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'")
     return value
+
+
+def _non_negative_int(text: str) -> int:
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"expected a non-negative integer, got '{text}'")
+    return int(text)
 
 
 def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
@@ -90,6 +96,7 @@ def run_train(args: argparse.Namespace) -> int:
 
     if not args.out.endswith(".safetensors"):
         raise AkdError(f"--out {args.out}: the surrogate checkpoint must be a .safetensors file")
+    check_writable(args.out)
     recipe = apply_overrides(load_recipe(args.recipe), args.set, args.epochs, args.batch_size)
     preprocessing = _teacher_preprocessing(args)
     options = TrainOptions(
@@ -250,10 +257,12 @@ def _shard(text: str) -> tuple[int, int]:
 def run_explain(args: argparse.Namespace) -> int:
     from akd.runtime.explain import explain_inputs
 
+    check_writable(args.out, "dir")
     with _open_engine(args) as engine:
         summary = explain_inputs(engine, args.inputs, args.out, args.maps, args.smoothing, args.batch_size,
                                  progress=not args.no_progress, shard=args.shard)
-    print(f"akd-explain: {summary.line()}; wrote {len(summary.written)} files to {args.out}")
+    outputs = {path for path in summary.written if path.exists()}
+    print(f"akd-explain: {summary.line()}; wrote {len(outputs)} outputs to {args.out}")
     return 0
 
 
@@ -277,7 +286,7 @@ def _frame_size(text: str) -> tuple[int, int]:
 def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL", help=".onnx, .engine or .safetensors")
     parser.add_argument("--batch", type=_batch_list, default=[1, 8, 32], metavar="1,8,32")
-    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--warmup", type=_non_negative_int, default=5)
     parser.add_argument("--iters", type=_positive_int, default=30)
     parser.add_argument("--frame-size", type=_frame_size, default=(480, 640), metavar="WxH",
                         help="size of the synthetic uint8 frames (default 640x480)")
@@ -288,6 +297,8 @@ def add_profile_arguments(parser: argparse.ArgumentParser) -> None:
 def run_profile(args: argparse.Namespace) -> int:
     from akd.profile import format_report, profile, write_json
 
+    if args.json:
+        check_writable(args.json)
     with _open_engine(args) as engine:
         report = profile(engine, args.batch, args.warmup, args.iters, args.frame_size)
     print(format_report(report))
@@ -334,6 +345,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     from akd.runtime.engine import default_model
 
     methods = tuple(m.strip() for m in args.methods.split(",") if m.strip())
+    check_writable(args.out, "dir")
     options = EvalOptions(models=args.model, data=args.data, out=args.out, methods=methods, limit=args.limit,
                           subsets=dict(args.subset), masks=args.masks, step=args.step, batch_size=args.batch_size,
                           threads=args.threads, rise_masks=args.rise_masks, lime_samples=args.lime_samples,

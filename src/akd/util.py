@@ -38,6 +38,27 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
         tmp_path.unlink(missing_ok=True)
 
 
+def check_writable(path: str | os.PathLike, kind: str = "file") -> Path:
+    """Refuse an output location before any work is done: ``kind`` "file" (an existing folder there, or a parent
+    that cannot be created or written) or "dir" (an existing file there, or an unwritable folder)."""
+    path = Path(path)
+    if kind == "file" and path.is_dir():
+        raise AkdError(f"{path}: is a folder; expected a file path for the output")
+    if kind == "dir" and path.exists() and not path.is_dir():
+        raise AkdError(f"{path}: is a file; expected a folder for the output")
+    folder = path if kind == "dir" else path.parent
+    existing = next((p for p in (folder, *folder.parents) if p.exists()), Path("."))
+    if not existing.is_dir():
+        raise AkdError(f"{path}: cannot be created ({existing} is a file)")
+    try:  # a real write, not os.access: read-only mounts and ACLs answer only to trying
+        tempfile.TemporaryFile(dir=existing).close()
+    except OSError as exc:
+        raise AkdError(f"{path}: cannot be written ({existing}: {exc.strerror})") from None
+    if kind == "file" and path.exists() and not os.access(path, os.W_OK):
+        raise AkdError(f"{path}: cannot be overwritten (not writable)")
+    return path
+
+
 def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

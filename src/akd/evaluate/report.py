@@ -110,7 +110,17 @@ def build_methods(options: EvalOptions, teacher: Teacher) -> list:
                 raise AkdError("method 'akd' needs --model")
             for model in options.models:
                 label = "akd" if len(options.models) == 1 else f"akd:{Path(model).name}"
-                methods.append(AkdMethod(model, options.threads, label))
+                method = AkdMethod(model, options.threads, label)
+                methods.append(method)
+                size = teacher.preprocessing.input_size
+                if method.engine.info.size != (size, size):
+                    raise AkdError(f"{model}: the surrogate's input is {method.engine.info.size} but the target "
+                                   f"reads {size}x{size} images; evaluate it against the target it was distilled "
+                                   "from")
+                if len(method.engine.classes) != teacher.num_classes:
+                    raise AkdError(f"{model}: the surrogate knows {len(method.engine.classes)} classes but the "
+                                   f"target has {teacher.num_classes}; evaluate it against the target it was "
+                                   "distilled from")
         elif name == "gradcam":
             layers = options.gradcam_layers or [None]
             methods += [GradCamMethod(teacher, layer, "gradcam" if len(layers) == 1 else f"gradcam:{layer}")
@@ -136,7 +146,8 @@ def _time_inference(teacher: Teacher, images: list[EvalImage]) -> list[float]:
 
 def _summary(values: list[float]) -> dict[str, float]:
     array = np.asarray(values, dtype=np.float64)
-    return {"mean": float(array.mean()), "std": float(array.std()), "count": int(len(array))}
+    return {"mean": float(array.mean()), "median": float(np.median(array)), "std": float(array.std()),
+            "count": int(len(array))}
 
 
 def paired_difference(ours: list[float], theirs: list[float], seed: int = 0, resamples: int = 10_000
@@ -169,8 +180,14 @@ def _paired(per_image: dict[str, list[dict[str, Any]]], seed: int) -> dict[str, 
 
 def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> dict[str, Any]:
     """Run every method on every image (or its subset); returns the JSON-able report and writes it to ``out``."""
+    import importlib.util
+
     from tqdm import tqdm
 
+    if importlib.util.find_spec("matplotlib") is None:  # before the work, not after it
+        raise AkdError("akd-evaluate draws its figures with matplotlib, which is not installed: "
+                       "pip install 'akd[eval]'")
+    load_before = os.getloadavg()[0]  # other work on the machine inflates every timing: the report says so
     torch.set_num_threads(options.threads)
     images, skipped = load_images(teacher, options.data, options.limit, options.seed)
     methods = build_methods(options, teacher)
@@ -207,6 +224,7 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
             method.close()
     inference = _time_inference(teacher, images)
     report = _assemble(options, teacher, images, skipped, per_image, curves, inference)
+    report["machine"]["load_average_before"] = load_before
     write_report(report, options.out, images[:GRID_IMAGES], grid_maps)
     return report
 
@@ -245,16 +263,21 @@ def _assemble(options, teacher, images, skipped, per_image, curves, inference) -
 def markdown(report: dict[str, Any]) -> str:
     """Paper-style tables: speed (Table 3) and faithfulness (Table 4), on the images every method ran on."""
     results = report["results"]
-    inference = report["inference_seconds"]["mean"]
+    inference = report["inference_seconds"]["median"]
     lines = [f"# akd-evaluate: {report['target'].get('name', 'target')} on {report['data']}", "",
              f"{report['images']} images ({report['skipped']} unreadable skipped); {report['common_images']} explained "
              f"by every method. Step {report['settings']['step']} pixels ({report['settings']['points']} points), "
-             f"{report['machine']['threads']} thread(s), {report['machine']['cpu_count']} CPUs, batch 1.", "",
-             "## Speed (Table 3)", "", "| method | seconds / image | images / s | x normal inference |",
+             f"{report['machine']['threads']} thread(s), {report['machine']['cpu_count']} CPUs, batch 1.", ""]
+    load = report["machine"].get("load_average_before", 0.0)
+    if load > 0.5 * (report["machine"]["cpu_count"] or 1):
+        lines += [f"**The machine was busy** (load average {load:.1f} before the run on "
+                  f"{report['machine']['cpu_count']} CPUs): every timing below is inflated.", ""]
+    lines += ["## Speed (Table 3, median of each method's per-image times after a warm-up)", "",
+              "| method | seconds / image | images / s | x normal inference |",
              "|---|---:|---:|---:|",
              f"| normal inference | {inference:.4f} | {1 / inference:.1f} | 1.00 |"]
     for name, result in results.items():
-        seconds = result["seconds"]["mean"]
+        seconds = result["seconds"]["median"]
         lines.append(f"| {name} | {seconds:.4f} | {1 / seconds:.2f} | {seconds / inference:.2f} |")
     optional = [k for k in ("pointing", "energy_pointing") if all(k in r["common"] for r in results.values())]
     header = "| method | insertion (higher) | deletion (lower) | intensity (lower) |" + "".join(

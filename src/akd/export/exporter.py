@@ -249,16 +249,16 @@ def calibrate_file(model_path: str, data: str, out: str, flavour: str, method: s
     metadata_sha = sha256_file(str(path))
     set_metadata(int8, {"akd_source_sha256": metadata_sha})
     save_model(int8, out)
-    _print_report({"int8": info})
+    _print_report({"int8": info}, "akd-calibrate")
     return info
 
 
-def _print_report(report: dict[str, Any]) -> None:
+def _print_report(report: dict[str, Any], prog: str = "akd-export") -> None:
     for precision, metrics in report.items():
         shown = metrics.get("drift", metrics) if precision == "int8" else metrics
         if isinstance(shown, dict):
             values = ", ".join(f"{k} {v:.6f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
-            print(f"akd-export: {precision} check: {values}", file=sys.stderr)
+            print(f"{prog}: {precision} check: {values}", file=sys.stderr)
 
 
 def summarize(paths: list[Path]) -> str:

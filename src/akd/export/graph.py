@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 import akd
-from akd.util import AkdError, atomic_path
+from akd.util import AkdError, atomic_path, check_writable
 
 INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
 OUTPUT_NAMES = ["saliency", "logits", "class_id", "score"]
@@ -137,6 +137,9 @@ def save_model(model, path: str | os.PathLike) -> None:
 
 
 def refuse_overwrite(paths: list[Path], force: bool) -> None:
+    """Before any work: every planned artifact must be writable, and existing ones need --force."""
+    for path in paths:
+        check_writable(path)
     existing = [str(p) for p in paths if p.exists()]
     if existing and not force:
         raise AkdError(f"{', '.join(existing)} already exists; pass --force to overwrite")

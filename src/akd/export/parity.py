@@ -122,7 +122,7 @@ def failures(metrics: dict[str, float], precision: str) -> list[str]:
     failed = []
     for name, op, limit in LIMITS[precision]:
         value = metrics[name]
-        if (op == "<=" and value > limit) or (op == ">=" and value < limit):
+        if not np.isfinite(value) or (op == "<=" and value > limit) or (op == ">=" and value < limit):
             failed.append(name)
     return failed
 

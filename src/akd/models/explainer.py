@@ -74,6 +74,13 @@ class Explainer(nn.Module):
             nn.init.zeros_(self.head.weight)  # the map starts as CAM's ranking
             self.cam_gain = nn.Parameter(torch.ones(()))
 
+    def calibration_parameters(self) -> list[nn.Parameter]:
+        """The CAM gain and the head's bias: trained alone (head weights at zero), they set how much of the map
+        is bright - its intensity - and leave CAM's ranking, which insertion and deletion score, untouched."""
+        if not self.cam:
+            raise ValueError("only a CAM-reading explainer has a calibration of CAM to train")
+        return [self.cam_gain, self.head.bias]
+
     def forward(self, deltas: list[torch.Tensor], size: tuple[int, int],
                 cam: torch.Tensor | None = None) -> torch.Tensor:
         d8, d16, d32 = deltas

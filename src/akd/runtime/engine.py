@@ -101,6 +101,9 @@ class SaliencyEngine:
 
     def _results(self, outputs: dict[str, np.ndarray], placements: list[Placement],
                  model_resolution: bool) -> list[Result]:
+        if not np.isfinite(outputs["saliency"]).all() or not np.isfinite(outputs["score"]).all():
+            raise AkdError(f"{self.info.source}: the model returned non-finite saliency or scores (NaN/inf); "
+                           "its weights are corrupt or its precision overflowed")
         results = []
         for index, placement in enumerate(placements):
             saliency = outputs["saliency"][index, 0]
@@ -113,6 +116,11 @@ class SaliencyEngine:
     def explain(self, frames: np.ndarray | Sequence[np.ndarray], model_resolution: bool = False
                 ) -> Result | list[Result]:
         """One frame -> one Result; a list or (N,H,W,3) array -> a list, split into the model's maximum batch."""
+        if isinstance(frames, np.ndarray) and frames.ndim == 2:
+            raise AkdError(f"expected a colour frame HxWx3, got a 2-D array {frames.shape}; convert grayscale "
+                           "with cv2.cvtColor(frame, cv2.COLOR_GRAY2BGR)")
+        if not isinstance(frames, (np.ndarray, list, tuple)):
+            raise AkdError(f"expected a uint8 HxWx3 numpy frame or a list of them, got {type(frames).__name__}")
         single = isinstance(frames, np.ndarray) and frames.ndim == 3
         batch_frames = [frames] if single else list(frames)
         if not batch_frames:

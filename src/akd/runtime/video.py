@@ -74,12 +74,25 @@ def _pyav_frames(path: str, source: Source) -> Iterator[tuple[int, np.ndarray]]:
                 source.skipped += 1
 
 
+def read_image(path: str | Path) -> np.ndarray | None:
+    """A BGR image, or None (warned, naming the file) when it is unreadable or its header claims more pixels than
+    OpenCV decodes (a decompression bomb): a caller skips and counts it, and the files after it still run."""
+    try:
+        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as exc:
+        reason = "too many pixels" if "MAX_IMAGE_PIXELS" in str(exc) else str(exc).strip().splitlines()[-1]
+        log.warning("%s: unreadable image (%s), skipped", path, reason)
+        return None
+    if frame is None:
+        log.warning("%s: unreadable image, skipped", path)
+    return frame
+
+
 def _folder_frames(files: list[Path], source: Source) -> Iterator[tuple[int, np.ndarray]]:
     for index, path in enumerate(files):
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        frame = read_image(path)
         if frame is None:
             source.skipped += 1
-            log.warning("%s: unreadable image, skipped", path)
             continue
         yield index, frame
 

@@ -141,12 +141,16 @@ def folder_samples(root: Path, video_stride: int) -> SampleSet:
 
 def discover(spec: str, split: str = "train", aircraft_level: str = "variant", video_stride: int = 10) -> SampleSet:
     """Resolve ``--data``/``--val`` into samples; header-check every image and count the ones skipped."""
-    if spec == "sample-photos":
+    photos = spec == "sample-photos"
+    if photos:
         import skimage.data
 
         spec = skimage.data.data_dir
     root = Path(spec)
-    if root.is_file() and _is_video(root):
+    if photos:  # scikit-image's own multi-page TIFF test file is not a photo (and PIL warns about it)
+        found = folder_samples(root, video_stride)
+        found.samples = [s for s in found.samples if Path(s.path).name != "multipage_rgb.tif"]
+    elif root.is_file() and _is_video(root):
         found = SampleSet(video_samples(root, video_stride), None, "video")
     elif not root.is_dir():
         raise AkdError(f"{spec}: data folder not found")

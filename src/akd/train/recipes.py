@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from akd.models.surrogate import CAM_SCORES
 from akd.util import AkdError
 
 if sys.version_info >= (3, 11):
@@ -24,7 +25,8 @@ REQUIRED = ("alpha", "temperature", "sparsity", "rank_prior", "rank_prior_power"
 DEFAULT_RECIPE = "paper-imagenet"
 # optional keys: the paper's objective unless a recipe asks for more (see akd.train.losses)
 DEFAULTS: dict[str, Any] = {"explanation": 1.0, "insertion": 0.0, "deletion": 0.0, "topk_areas": [0.05, 0.1, 0.2, 0.4],
-                            "topk_samples": 2, "topk_temperature": 0.05, "explainer_cam": False}
+                            "topk_samples": 2, "topk_temperature": 0.05, "explainer_cam": False,
+                            "cam_score": "logit", "explainer_params": "all"}
 
 
 def builtin_recipes() -> list[str]:
@@ -63,6 +65,12 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
         raise AkdError(f"{source}: topk_samples must be an integer from 1 to the number of topk_areas")
     if not recipe["topk_temperature"] > 0:
         raise AkdError(f"{source}: topk_temperature must be positive")
+    if recipe["cam_score"] not in CAM_SCORES:
+        raise AkdError(f"{source}: cam_score must be one of {', '.join(CAM_SCORES)}, not '{recipe['cam_score']}'")
+    if recipe["explainer_params"] not in ("all", "calibration"):
+        raise AkdError(f"{source}: explainer_params must be 'all' or 'calibration', not '{recipe['explainer_params']}'")
+    if recipe["explainer_params"] == "calibration" and not recipe["explainer_cam"]:
+        raise AkdError(f"{source}: explainer_params 'calibration' trains the CAM gain and bias: it needs explainer_cam")
     if recipe["substrate"] not in ("zeros", "blur"):
         raise AkdError(f"{source}: substrate must be 'zeros' or 'blur', not '{recipe['substrate']}'")
     if not recipe["rank_prior_power"] > 0:

@@ -20,7 +20,13 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from akd.models.surrogate import TRAIN_STATE_PREFIX, Surrogate, predicted_class, read_checkpoint, save_checkpoint
+from akd.models.surrogate import (
+    TRAIN_STATE_PREFIX,
+    Surrogate,
+    cam_class_weights,
+    read_checkpoint,
+    save_checkpoint,
+)
 from akd.models.teachers import Preprocessing, Teacher, load_teacher, teacher_init_state
 from akd.train import losses
 from akd.train.data import DistillationDataset, collate, data_summary, discover, shard_indices, transforms_for
@@ -86,7 +92,7 @@ class DistillationStep(nn.Module):
             class_ids = teacher_logits.argmax(1)  # explain the target's prediction
             with torch.set_grad_enabled(self.stage == "joint"):  # explainer stage: student frozen, no graph
                 logits, deltas, features = student(images)
-            weights = predicted_class(teacher_logits)[:, :, None, None]
+            weights = cam_class_weights(teacher_logits, recipe["cam_score"])[:, :, None, None]
             saliency = self.surrogate.explain(deltas, features, weights, images.shape[-2:])
         logits = logits.float()
         loss = torch.zeros((), device=images.device)
@@ -150,18 +156,26 @@ def _param_groups(surrogate: Surrogate, stage: str, recipe: dict, pretrained: bo
         groups += [{"params": attention, "lr_scale": student_scale},
                    {"params": backbone, "lr_scale": student_scale * backbone_scale}]
     if stage in ("explainer", "joint"):
-        groups.append({"params": list(surrogate.explainer.parameters()), "lr_scale": 1.0})
+        groups.append({"params": _explainer_parameters(surrogate, recipe), "lr_scale": 1.0})
     return groups
 
 
-def _set_trainable(surrogate: Surrogate, stage: str, freeze_bn: bool) -> None:
+def _explainer_parameters(surrogate: Surrogate, recipe: dict) -> list[nn.Parameter]:
+    if recipe["explainer_params"] == "calibration":
+        return surrogate.explainer.calibration_parameters()
+    return list(surrogate.explainer.parameters())
+
+
+def _set_trainable(surrogate: Surrogate, stage: str, recipe: dict) -> None:
     train_student = stage in ("student", "joint")
     train_explainer = stage in ("explainer", "joint")
     surrogate.student.requires_grad_(train_student)
-    surrogate.explainer.requires_grad_(train_explainer)
+    surrogate.explainer.requires_grad_(False)
+    for param in _explainer_parameters(surrogate, recipe) if train_explainer else []:
+        param.requires_grad_(True)
     surrogate.student.train(train_student)
     surrogate.explainer.train(train_explainer)
-    if freeze_bn and train_student:
+    if recipe["freeze_bn"] and train_student:
         for module in surrogate.student.modules():
             if isinstance(module, nn.modules.batchnorm._BatchNorm):
                 module.eval()
@@ -221,6 +235,7 @@ class Trainer:
             "student_init": "target" if init_state is not None else "scratch",
             "explainer_width": 128,
             "explainer_cam": bool(options.recipe["explainer_cam"]),
+            "cam_score": options.recipe["cam_score"],
             "classes": list(classes),
             "input_size": [teacher.preprocessing.input_size] * 2,
             "preprocessing": teacher.preprocessing.to_config(),
@@ -244,7 +259,7 @@ class Trainer:
                    if torch.is_tensor(value)}
         tensors[f"{TRAIN_STATE_PREFIX}rng"] = torch.get_rng_state()
         progress = {"stages": self.options.stages, "completed": completed, "optim_stage": stage,
-                    "scaler_scale": scaler.get_scale() if scaler.is_enabled() else None}
+                    "scaler": scaler.state_dict() if scaler.is_enabled() else None}
         save_checkpoint(self.options.out, self.surrogate, tensors, {"train_state": json.dumps(progress)})
 
     def _resume_point(self) -> tuple[dict[str, int], dict[str, torch.Tensor], dict]:
@@ -285,8 +300,8 @@ class Trainer:
         dataset = DistillationDataset(self.train_set.samples, transforms_for(self.teacher.preprocessing, True),
                                       options.seed)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
-        if progress.get("scaler_scale"):
-            scaler.update(progress["scaler_scale"])
+        if progress.get("scaler") and scaler.is_enabled():  # its state dict: update() before scale() raises
+            scaler.load_state_dict(progress["scaler"])
         ran = False
         for index, stage in enumerate(options.stages):
             epochs = options.recipe["stages"][stage]["epochs"]
@@ -315,7 +330,7 @@ class Trainer:
 
     def _stage_setup(self, stage: str, optim_state: dict[str, torch.Tensor]):
         recipe = self.options.recipe
-        _set_trainable(self.surrogate, stage, recipe["freeze_bn"])
+        _set_trainable(self.surrogate, stage, recipe)
         optimizer = torch.optim.SGD(_param_groups(self.surrogate, stage, recipe, self.pretrained), lr=0.0,
                                     momentum=recipe["momentum"], nesterov=recipe["nesterov"],
                                     weight_decay=recipe["weight_decay"])

@@ -18,7 +18,10 @@ class TensorRTRunner:
         from akd.export.tensorrt import check_sidecar, cuda_device, read_sidecar, require_tensorrt, sidecar_for
         from akd.runtime.cuda import SlotPipeline, contract_outputs, cuda_api
 
-        version = require_tensorrt()
+        try:
+            version = require_tensorrt()
+        except AkdError as exc:
+            raise AkdError(f"{path}: cannot load this engine: {exc}") from None
         import tensorrt as trt
 
         engine_path = Path(path)

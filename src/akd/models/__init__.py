@@ -1,0 +1,1 @@
+"""Network definitions: targets (teachers), attentive students, the explainer and the surrogate that joins them."""

@@ -1,0 +1,1 @@
+"""Distillation: data sources, losses, recipes and the staged, resumable trainer."""
