@@ -125,14 +125,23 @@ def test_log_probability_cam_is_the_gradient_of_the_log_probability():
     weights = cam_class_weights(logits[..., None, None] * 0.01, "log_probability")  # close logits: soft choice
     assert torch.allclose(weights.sum(dim=1), torch.zeros(3, 1, 1), atol=1e-6)
     classes = logits.argmax(1)
-    pooled = features.mean(dim=(2, 3)).requires_grad_(True)
-    log_p = torch.log_softmax(student._classifier[0](pooled), dim=1)[torch.arange(3), classes].sum()
+    classifier = student._classifier[0].double()  # float64: 1 - p_c of these confident logits needs it
+    pooled = features.double().mean(dim=(2, 3)).requires_grad_(True)
+    log_p = torch.log_softmax(classifier(pooled), dim=1)[torch.arange(3), classes].sum()
     (gradient,) = torch.autograd.grad(log_p, pooled)
+    probability = torch.softmax(classifier(pooled.detach()), dim=1)[torch.arange(3), classes]
+    student._classifier[0].float()
     with torch.no_grad():
         cam = student.class_activation_map(features, cam_class_weights(logits[..., None, None], "log_probability"))
         plain = student.class_activation_map(features, cam_class_weights(logits[..., None, None], "logit"))
-    expected = (gradient[..., None, None] * features).sum(dim=1, keepdim=True)
-    torch.testing.assert_close(cam, expected, rtol=1e-3, atol=1e-4)
+    expected = (gradient[..., None, None] * features.double()).sum(dim=1, keepdim=True)
+    torch.testing.assert_close(cam, (expected / (1 - probability).view(3, 1, 1, 1)).float(), rtol=1e-3, atol=1e-4)
+    with torch.no_grad():  # a confident prediction (1 - p_c rounds to 0 in float32) keeps a contrastive map
+        confident = logits.clone()
+        confident[torch.arange(3), classes] += 60.0
+        sharp = student.class_activation_map(features, cam_class_weights(confident[..., None, None],
+                                                                          "log_probability"))
+    torch.testing.assert_close(sharp, cam, rtol=1e-3, atol=1e-3)
     assert not torch.allclose(cam, plain)
     with pytest.raises(ValueError, match="cam_score"):
         cam_class_weights(logits, "probability")

@@ -178,7 +178,7 @@ def _weights_at_init(reference: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 def test_stage_batch_size_and_the_batch_flag():
     recipe = load_recipe("imagenet-lite0")
     assert recipe["stages"]["explainer"]["batch_size"] == 16 and recipe["batch_size"] == 32
-    assert recipe["rank_prior"] > 0 and recipe["sparsity"] == 0
+    assert recipe["rank_prior"] == 0 and recipe["sparsity"] == 20.0
     flagged = apply_overrides(recipe, [], batch_size=8)  # the flag is the global batch of every stage
     assert flagged["batch_size"] == 8 and "batch_size" not in flagged["stages"]["explainer"]
     assert "batch_size" in recipe["stages"]["explainer"]  # overrides never touch the loaded recipe

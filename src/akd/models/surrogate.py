@@ -59,13 +59,17 @@ CAM_SCORES = ("logit", "log_probability")
 
 def cam_class_weights(logits: torch.Tensor, score: str = "logit") -> torch.Tensor:
     """Weights over the classes (dim 1) whose classifier rows CAM sums. ``logit``: the predicted class's row (Zhou
-    et al.'s CAM). ``log_probability``: that row minus the probability-weighted mean row, ``w_c - sum_j p_j w_j``,
-    the gradient of log p_c with respect to the pooled features: it ranks first what makes the image this class
-    *rather than the others*, and parts shared by the competing classes (context, texture) last. Measured on the
-    96 validation images with the target's own features: insertion 0.5992 vs 0.5838, deletion 0.2016 vs 0.2068."""
+    et al.'s CAM). ``log_probability``: that row minus the mean row of the *other* classes weighted by their
+    probabilities renormalised among themselves, ``w_c - sum_{j != c} r_j w_j``. That is the gradient of log p_c
+    with respect to the pooled features divided by (1 - p_c) > 0, so it ranks pixels exactly as that gradient does:
+    first what makes the image this class *rather than the others*, last what the competing classes share.
+    Written without 1 - p_c, which rounds to 0 in float32 for a confident prediction (the map would go flat):
+    the other classes' softmax is taken with the chosen class pushed down by 1e4 x its weight squared (squared,
+    so the 1e-5 weights a clear winner leaves on the runners-up move nothing). Measured on the 96 validation
+    images with the target's own features: insertion 0.5992 vs 0.5838, deletion 0.2016 vs 0.2068."""
     chosen = predicted_class(logits)
     if score == "log_probability":
-        return chosen - torch.softmax(logits.float(), dim=1)
+        return chosen - torch.softmax(logits.float() - 1e4 * chosen * chosen, dim=1)
     if score != "logit":
         raise ValueError(f"cam_score must be one of {', '.join(CAM_SCORES)}, not '{score}'")
     return chosen
