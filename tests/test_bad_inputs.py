@@ -292,3 +292,27 @@ def test_small_cli_mistakes(graph, tmp_path, capsys):
         SaliencyEngine.load(str(tmp_path / "random.engine"))
     names = [Path(s.path).name for s in discover("sample-photos").samples]
     assert names and "multipage_rgb.tif" not in names
+
+
+def test_explain_and_profile_say_where_inference_runs(graph, tmp_path, capsys):
+    from akd.cli import explain_main, profile_main
+
+    photo = _photo(tmp_path / "p.png")
+    assert explain_main([str(photo), "--model", str(graph), "--out", str(tmp_path / "o"), "--no-progress"]) == 0
+    assert f"akd-explain: {graph} (fp32) on onnxruntime, CPUExecutionProvider" in capsys.readouterr().err
+    assert profile_main([str(graph), "--batch", "1", "--iters", "2", "--warmup", "0"]) == 0
+    assert "on onnxruntime, CPUExecutionProvider" in capsys.readouterr().err
+
+
+def test_calibrating_a_nan_graph_is_refused_before_onnxruntime(graph, photo_folder, tmp_path, capsys):
+    from akd.cli import calibrate_main
+
+    model = onnx.load(str(graph))
+    head = next(t for t in model.graph.initializer if "head" in t.name and len(t.dims) == 1)
+    head.CopyFrom(numpy_helper.from_array(np.full(tuple(head.dims), np.nan, np.float32), head.name))
+    onnx.save(model, str(tmp_path / "nan.onnx"))
+    cache = tmp_path / "cache"
+    code = calibrate_main([str(tmp_path / "nan.onnx"), "--data", str(photo_folder), "--out", str(tmp_path / "q.onnx"),
+                           "--cache-dir", str(cache), "--num-images", "16"])
+    _one_line_error(capsys, code, "computes NaN or infinity")
+    assert not (tmp_path / "q.onnx").exists() and not (cache.exists() and list(cache.iterdir()))

@@ -230,7 +230,10 @@ def _open_engine(args: argparse.Namespace):
 
     remote = args.backend == "triton" or (args.model or "").startswith("grpc://")  # the server picks its device
     options = {} if args.device == "auto" or args.backend == "tensorrt" or remote else {"device": args.device}
-    return SaliencyEngine.load(args.model, backend=args.backend, fit=args.fit, **options)
+    engine = SaliencyEngine.load(args.model, backend=args.backend, fit=args.fit, **options)
+    print(f"{args.prog}: {engine.info.source} ({engine.info.precision}) on {engine.info.execution_path}",
+          file=sys.stderr)
+    return engine
 
 
 def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
@@ -380,6 +383,7 @@ def _run(prog: str, command: str, argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help or a usage error: report the code instead of leaving the interpreter
         return int(exit_.code or 0)
+    args.prog = prog
     return _guarded(prog, handler, args)
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from akd.calibration import DEFAULT_MAX_DRIFT
 from akd.export import parity
 from akd.export.graph import (
@@ -203,6 +205,11 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str, 
     from akd.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize
 
     data_set = calibration_data(data, num_images)
+    probe = parity.run_onnx(fp32_model.SerializeToString(),
+                            parity.to_input(parity.images_of(data_set.samples[:2], config), config, input_format))
+    if not all(np.isfinite(values).all() for values in probe.values()):  # before onnxruntime's calibrator trips on it
+        raise AkdError("the fp32 graph computes NaN or infinity on the calibration images (corrupt weights?); "
+                       "nothing calibrated, cached or written")
     with tempfile.TemporaryDirectory(prefix="akd-int8-") as folder:
         fp32_path, int8_path = Path(folder) / "fp32.onnx", Path(folder) / "int8.onnx"
         onnx.save_model(fp32_model, str(fp32_path))

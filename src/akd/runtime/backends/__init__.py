@@ -24,6 +24,18 @@ class ModelInfo:
     details: dict[str, Any] = field(default_factory=dict)
 
     @property
+    def execution_path(self) -> str:
+        """Where inference really runs, so a silent CPU fallback is visible: the backend and its provider/device."""
+        details = self.details
+        if "providers" in details:
+            return f"onnxruntime, {details['providers'][0]}"
+        if details.get("backend") == "tensorrt":
+            return f"TensorRT {details.get('tensorrt')} on {details.get('gpu')}"
+        if details.get("backend") == "torch":
+            return f"torch on {details.get('device')}" + (", CUDA graphs" if details.get("cuda_graphs") else "")
+        return f"Triton server ({details.get('platform')})" if "platform" in details else str(details)
+
+    @property
     def size(self) -> tuple[int, int]:
         height, width = self.config["input_size"]
         return int(height), int(width)
