@@ -375,3 +375,12 @@ def test_shipped_surrogate_is_the_default_and_knows_a_cat():
     assert 281 <= result.class_id <= 285, result.label
     assert result.saliency.shape == skimage.data.chelsea().shape[:2]
     assert 0.05 < result.saliency.mean() < 0.6
+
+
+def test_gstreamer_pipeline_without_gstreamer_says_so():
+    from akd.runtime.video import has_gstreamer, open_source
+
+    if has_gstreamer():
+        pytest.skip("this OpenCV has GStreamer: the pipeline would really open")
+    with pytest.raises(AkdError, match="no GStreamer"):
+        open_source("videotestsrc ! videoconvert ! appsink")

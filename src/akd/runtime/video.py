@@ -97,6 +97,12 @@ def _folder_frames(files: list[Path], source: Source) -> Iterator[tuple[int, np.
         yield index, frame
 
 
+def has_gstreamer() -> bool:
+    """Whether this OpenCV build can open GStreamer pipelines (the pip wheels cannot)."""
+    return any(line.split(":")[-1].strip().startswith("YES") for line in cv2.getBuildInformation().splitlines()
+               if line.strip().startswith("GStreamer"))
+
+
 def open_source(spec, live: bool | None = None) -> Source:
     """Open what ``spec`` names (see module docstring)."""
     if isinstance(spec, int) or (isinstance(spec, str) and spec.isdigit()):
@@ -119,6 +125,9 @@ def open_source(spec, live: bool | None = None) -> Source:
     stream = "://" in spec or "!" in spec
     if not stream and not path.is_file():
         raise AkdError(f"{spec}: no such file, folder, camera or stream")
+    if "!" in spec and not has_gstreamer():
+        raise AkdError(f"{spec}: a GStreamer pipeline, but this OpenCV has no GStreamer (opencv-python-headless "
+                       "never does); use an OpenCV built with GStreamer, or give the RTSP/HTTP URL or file itself")
     api = cv2.CAP_GSTREAMER if "!" in spec else cv2.CAP_ANY
     capture = cv2.VideoCapture(spec, api)
     if capture.isOpened():
