@@ -7,4 +7,5 @@ bash scripts/setup.sh
 .venv/bin/mypy --ignore-missing-imports --follow-imports=silent --check-untyped-defs src/akd/export/tensorrt.py \
     src/akd/runtime/backends/tensorrt.py
 bash scripts/build_cpp.sh ${AKD_CPP_DEPS:-}  # the C++ runtime, for its parity tests (skipped when not built)
+bash scripts/runtime_only_check.sh  # a second, torch-free environment explains a clip with an exported graph
 .venv/bin/python -m pytest -q "$@"

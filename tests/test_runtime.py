@@ -384,3 +384,31 @@ def test_gstreamer_pipeline_without_gstreamer_says_so():
         pytest.skip("this OpenCV has GStreamer: the pipeline would really open")
     with pytest.raises(AkdError, match="no GStreamer"):
         open_source("videotestsrc ! videoconvert ! appsink")
+
+
+def test_runtime_cli_runs_without_the_training_stack(exported, tmp_path):
+    """akd-explain and akd-profile on an exported graph with torch, torchvision, timm, scipy and scikit-image made
+    unimportable (a sitecustomize that poisons them): what the runtime-only install (`akd[cpu]`) has.
+    scripts/runtime_only_check.sh proves the same with a real second virtual environment."""
+    import subprocess
+    import sys
+
+    (tmp_path / "site").mkdir()
+    (tmp_path / "site" / "sitecustomize.py").write_text(
+        "import sys\nfor name in ('torch', 'torchvision', 'timm', 'scipy', 'skimage'):\n    sys.modules[name] = None\n")
+    frame = tmp_path / "frame.png"
+    cv2.imwrite(str(frame), _frames(1)[0])
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path / "site"), os.environ.get("PYTHONPATH", "")])}
+    run = [sys.executable, "-m", "akd.cli"]
+    explained = subprocess.run([*run, "explain", str(frame), "--model", str(exported), "--out", str(tmp_path / "out"),
+                                "--no-progress"], capture_output=True, text=True, env=env, timeout=300)
+    assert explained.returncode == 0, explained.stderr
+    assert (tmp_path / "out" / "frame.overlay.png").is_file()
+    profiled = subprocess.run([*run, "profile", str(exported), "--batch", "1", "--iters", "2"], capture_output=True,
+                              text=True, env=env, timeout=300)
+    assert profiled.returncode == 0 and "torch None" in profiled.stdout, profiled.stderr
+    default = subprocess.run([*run, "explain", str(frame), "--out", str(tmp_path / "o2")], capture_output=True,
+                             text=True, env=env, timeout=300)
+    assert default.returncode == 2 and "pip install 'akd[train]'" in default.stderr
+    blocked = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, env=env, timeout=60)
+    assert blocked.returncode != 0  # the poison really works

@@ -45,13 +45,17 @@ class TegraPower:
 
 def environment(engine) -> dict[str, Any]:
     import onnxruntime
-    import torch
 
     info = {"platform": platform.platform(), "python": platform.python_version(), "cpu_count": os.cpu_count(),
-            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "torch": torch.__version__,
-            "torch_threads": torch.get_num_threads()}
-    if torch.cuda.is_available():
-        info["gpu"] = torch.cuda.get_device_name()
+            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "torch": None}
+    try:  # optional: the runtime-only install has no torch
+        import torch
+    except ImportError:
+        torch = None
+    if torch is not None:
+        info.update({"torch": torch.__version__, "torch_threads": torch.get_num_threads()})
+        if torch.cuda.is_available():
+            info["gpu"] = torch.cuda.get_device_name()
     info.update({f"model_{k}": v for k, v in engine.info.details.items()})
     info["model_precision"] = engine.info.precision
     info["model_input_format"] = engine.info.input_format

@@ -12,6 +12,7 @@ import numpy as np
 from akd.util import AkdError
 
 BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
+TRAIN_STACK = frozenset({"torch", "torchvision", "timm", "safetensors", "scipy", "skimage", "PIL", "yaml"})
 
 
 @dataclass
@@ -78,4 +79,10 @@ def open_runner(path: str, backend: str = "auto", device: str = "auto", **option
         return TensorRTRunner(path, **options)
     from akd.runtime.backends.torch import TorchRunner
 
-    return TorchRunner(path, device, **options)
+    try:
+        return TorchRunner(path, device, **options)
+    except ModuleNotFoundError as exc:  # the runtime-only install: numpy, OpenCV and an inference runtime
+        if exc.name not in TRAIN_STACK:
+            raise
+        raise AkdError(f"{path}: a .safetensors surrogate runs through PyTorch ({exc.name} is not installed): "
+                       "pip install 'akd[train]', or give an exported .onnx/.engine graph") from None
