@@ -98,3 +98,4 @@ def test_same_as_teacher_student_with_a_validation_folder(flat_folder, tmp_path,
     config = json.loads(read_checkpoint(out)[1]["config"])
     assert config["student"] == "timm:resnet10t" and config["student_init"] == "target"
     assert config["training"]["val"] == str(flat_folder)
+    assert config["training"]["command"].startswith("akd-train --teacher timm:resnet10t")  # as typed

@@ -105,7 +105,7 @@ def run_train(args: argparse.Namespace) -> int:
         teacher_preprocessing=preprocessing, teacher_skip_classes=args.teacher_skip_classes,
         image_size=args.image_size, resume=args.resume, seed=args.seed, workers=args.workers, device=args.device,
         aircraft_level=args.aircraft_level, video_stride=args.video_stride, progress=not args.no_progress,
-        command=shlex.join(["akd-train", *sys.argv[1:]]),
+        command=shlex.join([*args.prog.split(), *args.argv]),  # as typed: akd-train ... or akd train ...
     )
     metrics = train(options)
     shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, float) and k != "seconds")
@@ -383,7 +383,7 @@ def _run(prog: str, command: str, argv: list[str] | None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as exit_:  # --help or a usage error: report the code instead of leaving the interpreter
         return int(exit_.code or 0)
-    args.prog = prog
+    args.prog, args.argv = prog, list(sys.argv[1:] if argv is None else argv)
     return _guarded(prog, handler, args)
 
 
