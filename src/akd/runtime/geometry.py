@@ -7,7 +7,8 @@
 - ``stretch``: scale each axis to the model size.
 
 Preprocessing resizes without aliasing (Gaussian pyramid, then bilinear) and pads or crops; the saliency goes
-back to the frame through the same map (cv2.warpAffine with WARP_INVERSE_MAP), so both directions agree exactly.
+back to the frame through the inverse of the same map: a crop of the padded window plus a bilinear resize for
+letterbox and stretch, cv2.warpAffine with WARP_INVERSE_MAP (zeros outside) for crop.
 """
 
 from __future__ import annotations
