@@ -99,3 +99,23 @@ def test_same_as_teacher_student_with_a_validation_folder(flat_folder, tmp_path,
     assert config["student"] == "timm:resnet10t" and config["student_init"] == "target"
     assert config["training"]["val"] == str(flat_folder)
     assert config["training"]["command"].startswith("akd-train --teacher timm:resnet10t")  # as typed
+
+
+def test_every_package_ships_with_the_license():
+    """setuptools' find_packages (what pyproject uses) sees every akd package - akd.models and akd.train were
+    namespace packages it skipped - and the wheel carries LICENSE and the shipped weights' origin note."""
+    from pathlib import Path
+
+    from setuptools import find_packages
+
+    from akd.train.recipes import tomllib  # tomli before Python 3.11
+
+    root = Path(__file__).resolve().parents[1]
+    packages = set(find_packages(str(root / "src")))
+    folders = {".".join(p.relative_to(root / "src").parts) for p in (root / "src" / "akd").rglob("*.py")
+               if p.parent.name != "__pycache__" for p in [p.parent]}
+    assert folders <= packages, folders - packages
+    project = tomllib.loads((root / "pyproject.toml").read_text())
+    assert project["project"]["license"] == "Apache-2.0" and project["project"]["license-files"] == ["LICENSE"]
+    assert "Apache License" in (root / "LICENSE").read_text()[:200]
+    assert "data/README.md" in project["tool"]["setuptools"]["package-data"]["akd"]
