@@ -166,7 +166,10 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         choices=["none", "ampere-plus", "same-compute-capability"])
     triton = parser.add_argument_group("Triton (--format triton; max_batch_size = the --batch profile's MAX)")
     triton.add_argument("--triton-name", default="akd_surrogate", help="model name in the repository")
-    triton.add_argument("--triton-platform", default="onnxruntime_onnx", choices=["onnxruntime_onnx", "tensorrt_plan"])
+    triton.add_argument("--triton-platform", default="onnxruntime_onnx",
+                        choices=["onnxruntime_onnx", "tensorrt_plan", "python"],
+                        help="python: model.py runs the graph with onnxruntime in Triton's Python backend (servers "
+                             "without the onnxruntime backend, e.g. nvidia-pytriton's)")
     triton.add_argument("--triton-instances", type=_positive_int, default=1, help="instance_group count")
     triton.add_argument("--triton-kind", default="gpu", choices=["gpu", "cpu"], help="instance_group kind")
     triton.add_argument("--triton-queue-delay-us", type=int, default=500, help="dynamic batching queue delay")

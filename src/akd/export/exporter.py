@@ -27,7 +27,13 @@ from akd.export.graph import (
     save_model,
     set_metadata,
 )
-from akd.export.serving import TritonOptions, deepstream_config, triton_config, validate_triton_config
+from akd.export.serving import (
+    PYTHON_BACKEND_MODEL,
+    TritonOptions,
+    deepstream_config,
+    triton_config,
+    validate_triton_config,
+)
 from akd.export.tensorrt import EngineOptions
 from akd.util import AkdError, atomic_path, sha256_file
 
@@ -167,7 +173,8 @@ def serving_files(options: ExportOptions, onnx_path: Path) -> list[Path]:
     """Configuration files --format triton / deepstream add next to the graph."""
     if options.format == "triton":
         folder = Path(options.out) / options.triton.name
-        return [folder / "config.pbtxt", folder / "labels.txt"]
+        python = [folder / "1" / "model.py"] if options.triton.platform == "python" else []
+        return [folder / "config.pbtxt", folder / "labels.txt", *python]
     if options.format == "deepstream":
         return [onnx_path.with_suffix(".nvinfer.txt"), onnx_path.with_suffix(".labels.txt")]
     return []
@@ -177,7 +184,8 @@ def serving_texts(options: ExportOptions, paths: list[Path], metadata: dict[str,
                   config: dict[str, Any], triton_text: str | None) -> dict[Path, str]:
     labels = "\n".join(config["classes"]) + "\n"
     if options.format == "triton":
-        return dict(zip(paths, [triton_text, labels], strict=True))
+        python = [PYTHON_BACKEND_MODEL] if options.triton.platform == "python" else []
+        return dict(zip(paths, [triton_text, labels, *python], strict=True))
     if options.format == "deepstream":
         batch = options.engine.batch[1]
         # nvinfer builds the engine from the graph on first run and serialises it under this (its own) name

@@ -18,7 +18,7 @@ TRITON_PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
 @dataclass
 class TritonOptions:
     name: str = "akd_surrogate"
-    platform: str = "onnxruntime_onnx"  # or tensorrt_plan
+    platform: str = "onnxruntime_onnx"  # or tensorrt_plan, or python (the graph run by onnxruntime in model.py)
     max_batch: int = 32
     preferred_batches: tuple[int, ...] = (8, 32)
     queue_delay_us: int = 500
@@ -50,7 +50,8 @@ def triton_config(config: dict[str, Any], input_format: str, platform: str, opti
                tensor("class_id", scalar), tensor("score", scalar)]
     preferred = sorted({b for b in options.preferred_batches if b <= options.max_batch})
     joined = ",\n".join(outputs)
-    lines = [f'name: "{options.name}"', f'platform: "{platform}"', f"max_batch_size: {options.max_batch}",
+    runner = 'backend: "python"' if platform == "python" else f'platform: "{platform}"'
+    lines = [f'name: "{options.name}"', runner, f"max_batch_size: {options.max_batch}",
              f"input [\n{tensor('images')}\n]", f"output [\n{joined}\n]",
              "dynamic_batching {", f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
              f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}",
@@ -63,6 +64,39 @@ def triton_config(config: dict[str, Any], input_format: str, platform: str, opti
     lines.append(f'parameters {{ key: "akd_input_format" value: {{ string_value: "{input_format}" }} }}')
     lines.append(f'parameters {{ key: "akd_config" value: {{ string_value: {_quoted(json.dumps(config))} }} }}')
     return "\n".join(lines) + "\n"
+
+
+# model.py of --triton-platform python: the fused graph through onnxruntime inside Triton's Python backend, for
+# servers without the onnxruntime backend (such as the one bundled in the nvidia-pytriton wheel). Triton batches
+# requests itself (dynamic batching); each request is one run of the graph.
+PYTHON_BACKEND_MODEL = '''"""akd surrogate for Triton's Python backend: model.onnx beside this file, run by onnxruntime.
+"""
+
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+OUTPUTS = ("saliency", "logits", "class_id", "score")
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
+        gpu = args["model_instance_kind"] == "GPU" and "CUDAExecutionProvider" in ort.get_available_providers()
+        providers = ["CUDAExecutionProvider", "CPUExecutionProvider"] if gpu else ["CPUExecutionProvider"]
+        self.session = ort.InferenceSession(path, providers=providers)
+
+    def execute(self, requests):
+        responses = []
+        for request in requests:
+            images = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
+            outputs = self.session.run(list(OUTPUTS), {"images": images})
+            responses.append(pb_utils.InferenceResponse(
+                [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in zip(OUTPUTS, outputs)]))
+        return responses
+'''
 
 
 def _quoted(text: str) -> str:

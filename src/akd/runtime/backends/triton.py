@@ -46,7 +46,8 @@ class TritonRunner:
                            "--format triton")
         self.info = ModelInfo(json.loads(parameters["akd_config"]["string_value"]),
                               parameters["akd_input_format"]["string_value"], int(config["max_batch_size"]),
-                              "triton", url, {"platform": config.get("platform")})
+                              "triton", url, {"platform": config.get("platform") or config.get("backend")})
+        self.url = url
         self.last_stage_ms: dict[str, float] = {}
 
     def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
@@ -55,8 +56,11 @@ class TritonRunner:
         started = time.perf_counter()
         images = grpcclient.InferInput("images", list(batch.shape), "UINT8" if batch.dtype == np.uint8 else "FP32")
         images.set_data_from_numpy(np.ascontiguousarray(batch))
-        result = self.client.infer(self.model, [images],
-                                   outputs=[grpcclient.InferRequestedOutput(name) for name in OUTPUTS])
+        try:
+            result = self.client.infer(self.model, [images], client_timeout=120.0,
+                                       outputs=[grpcclient.InferRequestedOutput(name) for name in OUTPUTS])
+        except Exception as exc:  # noqa: BLE001 - a stopped server, a timeout: one line, not a gRPC traceback
+            raise AkdError(f"{self.url}: Triton request failed ({str(exc).splitlines()[0]})") from None
         outputs = {name: result.as_numpy(name) for name in OUTPUTS}
         outputs["class_id"] = outputs["class_id"].reshape(-1)
         outputs["score"] = outputs["score"].reshape(-1)
