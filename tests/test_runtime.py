@@ -412,3 +412,40 @@ def test_runtime_cli_runs_without_the_training_stack(exported, tmp_path):
     assert default.returncode == 2 and "pip install 'akd[train]'" in default.stderr
     blocked = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, env=env, timeout=60)
     assert blocked.returncode != 0  # the poison really works
+
+
+def test_http_stream_through_opencv_and_the_pyav_fallback(tmp_path, monkeypatch):
+    """A clip served over HTTP from 127.0.0.1: OpenCV's FFmpeg reads it; when OpenCV cannot open a stream (a build
+    without FFmpeg), PyAV decodes the same URL."""
+    import functools
+    import http.server
+
+    if os.environ.get("CI") != "true":  # CI installs the video extra: there a missing PyAV fails
+        pytest.importorskip("av")
+    from akd.runtime import video
+    from akd.runtime.video import open_source
+
+    _write_clip(tmp_path / "clip.avi", frames=6)
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/clip.avi"
+    try:
+        assert sum(1 for _ in open_source(url).frames) == 6
+
+        class Closed:
+            def __init__(self, *args):
+                pass
+
+            def isOpened(self):
+                return False
+
+            def release(self):
+                pass
+
+        monkeypatch.setattr(video.cv2, "VideoCapture", Closed)
+        frames = [frame for _, frame in open_source(url).frames]
+        assert len(frames) == 6 and frames[0].shape == (120, 160, 3)
+    finally:
+        server.shutdown()
