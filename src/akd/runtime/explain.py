@@ -199,6 +199,7 @@ def _explain_video(engine, path: Path, out_base: Path, maps: str | None, smoothi
             frames += 1
         writer.close()
     except BaseException:
+        writer.abort()  # the encode thread stops before the sink and the partial maps go
         sink.close(keep=False)
         shutil.rmtree(partial, ignore_errors=True)
         raise

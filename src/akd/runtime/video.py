@@ -268,12 +268,13 @@ class ThreadedWriter:
     def __init__(self, write, size: int = 8):
         self.queue: queue.Queue = queue.Queue(maxsize=size)
         self.error: BaseException | None = None
+        self.aborted = False
         self.thread = threading.Thread(target=self._run, args=(write,), daemon=True)
         self.thread.start()
 
     def _run(self, write) -> None:
         while (item := self.queue.get()) is not _END:
-            if self.error is None:
+            if self.error is None and not self.aborted:
                 try:
                     write(*item)
                 except BaseException as exc:  # noqa: BLE001 - re-raised in the producer's thread
@@ -289,6 +290,13 @@ class ThreadedWriter:
         self.thread.join()
         if self.error is not None:
             raise self.error
+
+    def abort(self) -> None:
+        """Drop what is still queued and wait for the thread: after this nothing writes any more, so the caller
+        may release the sink and remove partial outputs (releasing a VideoWriter mid-write crashes OpenCV)."""
+        self.aborted = True
+        self.queue.put(_END)
+        self.thread.join()
 
 
 def demo_clip(path: str | Path, frames: int = 150, size: tuple[int, int] = (640, 480), fps: float = 30.0) -> Path:
