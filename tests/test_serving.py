@@ -150,7 +150,7 @@ class FakeTriton:
         assert as_json and model == "tiny"
         return self.config
 
-    def infer(self, model, inputs, outputs):
+    def infer(self, model, inputs, outputs, client_timeout=None):
         import numpy as np
 
         dtype = np.uint8 if inputs[0].datatype() == "UINT8" else np.float32
