@@ -184,15 +184,21 @@ def test_newer_checkpoint_format_is_refused(tiny_checkpoint, tmp_path):
         read_checkpoint(tmp_path / "v9.safetensors")
 
 
+def _nan_graph(graph: Path, out: Path) -> Path:
+    """The graph with its explainer head's bias set to NaN: every saliency map it computes is NaN."""
+    model = onnx.load(str(graph))
+    head = next(t for t in model.graph.initializer if "head" in t.name and len(t.dims) == 1)
+    head.CopyFrom(numpy_helper.from_array(np.full(tuple(head.dims), np.nan, np.float32), head.name))
+    onnx.save(model, str(out))
+    return out
+
+
 def test_nan_graph_fails_every_gate_and_the_runtime(graph, tmp_path):
     from akd.calibration import drift
     from akd.export import parity
     from akd.runtime import SaliencyEngine
 
-    model = onnx.load(str(graph))
-    head = next(t for t in model.graph.initializer if "head" in t.name and len(t.dims) == 1)
-    head.CopyFrom(numpy_helper.from_array(np.full(tuple(head.dims), np.nan, np.float32), head.name))
-    onnx.save(model, str(tmp_path / "nan.onnx"))
+    _nan_graph(graph, tmp_path / "nan.onnx")
     with SaliencyEngine.load(str(tmp_path / "nan.onnx")) as engine, \
             pytest.raises(AkdError, match="nan.onnx: the model returned non-finite"):
         engine.explain(np.zeros((40, 50, 3), np.uint8))
@@ -307,10 +313,7 @@ def test_explain_and_profile_say_where_inference_runs(graph, tmp_path, capsys):
 def test_calibrating_a_nan_graph_is_refused_before_onnxruntime(graph, photo_folder, tmp_path, capsys):
     from akd.cli import calibrate_main
 
-    model = onnx.load(str(graph))
-    head = next(t for t in model.graph.initializer if "head" in t.name and len(t.dims) == 1)
-    head.CopyFrom(numpy_helper.from_array(np.full(tuple(head.dims), np.nan, np.float32), head.name))
-    onnx.save(model, str(tmp_path / "nan.onnx"))
+    _nan_graph(graph, tmp_path / "nan.onnx")
     cache = tmp_path / "cache"
     code = calibrate_main([str(tmp_path / "nan.onnx"), "--data", str(photo_folder), "--out", str(tmp_path / "q.onnx"),
                            "--cache-dir", str(cache), "--num-images", "16"])
