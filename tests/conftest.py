@@ -122,3 +122,15 @@ def photo_folder(tmp_path_factory) -> Path:
         pixels = ((base * 0.5 + 0.5) * 255 + rng.normal(0, 12, base.shape)).clip(0, 255).astype(np.uint8)
         Image.fromarray(pixels).save(root / f"{index:02d}.png")
     return root
+
+
+@pytest.fixture(scope="session")
+def shipped_onnx(tmp_path_factory) -> Path:
+    """The shipped EfficientNet-Lite0 surrogate as the fp32 graph: ReLU6 makes opset-17 Clip nodes, which the C++
+    runtime rewrites for OpenCV DNN in memory; its INT8 ranges ship with it."""
+    from akd.export.exporter import ExportOptions, export
+    from akd.runtime.engine import default_model
+
+    out = tmp_path_factory.mktemp("shipped") / "lite0.onnx"
+    export(ExportOptions(default_model(), str(out), verify=False))
+    return out

@@ -319,3 +319,24 @@ def test_calibrating_a_nan_graph_is_refused_before_onnxruntime(graph, photo_fold
                            "--cache-dir", str(cache), "--num-images", "16"])
     _one_line_error(capsys, code, "computes NaN or infinity")
     assert not (tmp_path / "q.onnx").exists() and not (cache.exists() and list(cache.iterdir()))
+
+
+def test_decoder_noise_names_its_file(graph, tmp_path):
+    """libjpeg and FFmpeg print to fd 2 without a file name; the CLI re-emits each line naming the file (a real
+    process: the capture works on the process's own stderr descriptor)."""
+    import subprocess
+    import sys
+
+    folder = tmp_path / "in"
+    good = _photo(folder / "good.jpg")
+    (folder / "cut.jpg").write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    (folder / "clip.mp4").write_bytes(b"\0\0\0\x18ftypmp42" + b"x" * 1000)
+    result = subprocess.run([sys.executable, "-c", "import sys; from akd.cli import explain_main; "
+                             "sys.exit(explain_main(sys.argv[1:]))", str(folder), "--model", str(graph),
+                             "--out", str(tmp_path / "out"), "--no-progress"],
+                            capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert any(line.endswith("cut.jpg: Premature end of JPEG file") for line in lines), result.stderr
+    assert any("clip.mp4: " in line and "moov atom not found" in line for line in lines), result.stderr
+    assert not [line for line in lines if line.startswith(("Premature", "[mov"))], result.stderr

@@ -119,3 +119,29 @@ def test_every_package_ships_with_the_license():
     assert project["project"]["license"] == "Apache-2.0" and project["project"]["license-files"] == ["LICENSE"]
     assert "Apache License" in (root / "LICENSE").read_text()[:200]
     assert "data/README.md" in project["tool"]["setuptools"]["package-data"]["akd"]
+
+
+@pytest.mark.parametrize("extra, refused", [
+    (["--dla-core", "0"], "--dla-core: not used by --format onnx --precision fp32"),
+    (["--calib-data", "x", "--int8-target", "cpu"], "--calib-data, --int8-target: not used by --format onnx"),
+    (["--format", "triton", "--triton-platform", "python", "--triton-ort-tensorrt", "FP16"], "--triton-ort-tensorrt"),
+    (["--no-verify", "--parity-data", "x"], "--parity-data: not used by --format onnx --precision fp32 --no-verify"),
+    (["--format", "deepstream", "--workspace", "512"], "--workspace: not used by --format deepstream"),
+])
+def test_export_refuses_options_its_format_ignores(tiny_checkpoint, tmp_path, capsys, extra, refused):
+    from akd.cli import export_main
+
+    code = export_main([str(tiny_checkpoint), "--out", str(tmp_path / "out"), *extra])
+    err = capsys.readouterr().err
+    assert code == 2 and refused in err and len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_export_options_a_format_takes_pass_the_check(tiny_checkpoint, tmp_path, capsys):
+    from akd.cli import export_main
+
+    assert export_main([str(tiny_checkpoint), "--out", str(tmp_path / "m.onnx"), "--format", "deepstream",
+                        "--batch", "1,4,8", "--no-verify"]) == 0
+    assert (tmp_path / "m.nvinfer.txt").read_text().count("batch-size=4") == 1
+    code = export_main([str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--format", "engine", "--dla-core", "0"])
+    assert code == 2 and "not used by" not in capsys.readouterr().err  # refused later, for lacking TensorRT

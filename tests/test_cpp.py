@@ -22,18 +22,6 @@ def infer(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run([str(AKD_INFER), *args], capture_output=True, text=True, timeout=300)
 
 
-@pytest.fixture(scope="module")
-def shipped_onnx(tmp_path_factory) -> Path:
-    """The shipped EfficientNet-Lite0 surrogate as the fp32 graph: ReLU6 makes opset-17 Clip nodes, which the C++
-    runtime rewrites for OpenCV DNN in memory."""
-    from akd.export.exporter import ExportOptions, export
-    from akd.runtime.engine import default_model
-
-    out = tmp_path_factory.mktemp("cpp") / "lite0.onnx"
-    export(ExportOptions(default_model(), str(out), verify=False))
-    return out
-
-
 @pytest.mark.parametrize("photo", ["chelsea", "coffee", "astronaut", "rocket"])
 def test_cpp_matches_python_on_real_photos(shipped_onnx, tmp_path, photo):
     import skimage.data

@@ -286,17 +286,50 @@ def test_paired_difference_interval_is_about_the_per_image_differences():
         paired_difference([0.5], [0.4])
 
 
-def test_gradcam_layers_become_named_methods(tiny_net):
+def test_gradcam_layers_become_named_methods_and_are_released(tiny_net):
+    import contextlib
+
     from akd.evaluate.report import EvalOptions, build_methods
 
     teacher = _module_teacher(tiny_net, Preprocessing(input_size=32), {"name": "tiny"})
     options = EvalOptions(models=[], data="unused", out="unused", methods=("gradcam",),
                           gradcam_layers=["features.0", "features.3"])
-    methods = build_methods(options, teacher)
-    assert [m.name for m in methods] == ["gradcam:features.0", "gradcam:features.3"]
-    assert [m.layer_name for m in methods] == ["features.0", "features.3"]
-    for method in methods:
-        method.close()
+    layers = [tiny_net.get_submodule(name) for name in ("features.0", "features.3")]
+    with contextlib.ExitStack() as stack:
+        methods = build_methods(options, teacher, stack)
+        assert [m.name for m in methods] == ["gradcam:features.0", "gradcam:features.3"]
+        assert [m.layer_name for m in methods] == ["features.0", "features.3"]
+        assert all(layer._forward_hooks for layer in layers)
+    assert not any(layer._forward_hooks for layer in layers)  # the stack's exit released every hook
+
+
+def test_a_registered_method_is_one_function_away(tiny_net, flat_folder, tmp_path):
+    """Adding a method: a SaliencyMethod and a register_method builder; akd-evaluate then runs it by name."""
+    from akd.evaluate import methods as registry
+    from akd.evaluate.report import EvalOptions, evaluate
+
+    class Centre(registry.SaliencyMethod):
+        name, closed = "centre", False
+
+        def explain(self, image):
+            height, width = image.tensor.shape[-2:]
+            ys, xs = np.mgrid[:height, :width]
+            return -((ys - height / 2) ** 2 + (xs - width / 2) ** 2).astype(np.float32)
+
+        def close(self):
+            Centre.closed = True
+
+    registry.register_method("centre")(lambda options, teacher: [Centre()])
+    try:
+        teacher = _module_teacher(tiny_net, Preprocessing(input_size=32), {"name": "tiny"})
+        report = evaluate(EvalOptions(models=[], data=str(flat_folder), out=str(tmp_path / "r"),
+                                      methods=("centre", "rise"), limit=3, rise_masks=50), teacher, progress=False)
+    finally:
+        del registry.METHOD_BUILDERS["centre"]
+    assert report["methods"] == ["centre", "rise"] and Centre.closed
+    assert report["machine"]["execution"]["centre"] == "torch on cpu"
+    assert report["machine"]["target_device"] == "cpu"
+    assert len(report["results"]["centre"]["per_image"]) == 3
 
 
 @pytest.mark.parametrize("extra, fragment", [

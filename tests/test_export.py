@@ -327,3 +327,40 @@ def test_engine_formats_stop_before_any_work_without_tensorrt(tiny_checkpoint, t
     code = export_main([str(tiny_checkpoint), "--format", fmt, "--out", str(tmp_path / "m.onnx")])
     assert code == 2 and "TensorRT is not installed" in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_shipped_ranges_quantize_the_shipped_surrogate_without_images(shipped_onnx, tmp_path):
+    """No data: the ranges shipped in the package reach the quantizer (the input's scale is the shipped range's),
+    no image is read, nothing is cached."""
+    from akd.calibration import quantize, shipped_ranges, shipped_ranges_path
+
+    metadata = _meta(shipped_onnx)
+    data = shipped_ranges(metadata["akd_source_sha256"])
+    assert data.samples == [] and data.ranges == shipped_ranges_path()
+    out = tmp_path / "int8.onnx"
+    info = quantize(str(shipped_onnx), str(out), data, json.loads(metadata["akd_config"]),
+                    metadata["akd_input_format"], "tensorrt", "entropy", tmp_path / "cache")
+    assert info["ranges"] == "shipped" and info["images"] == 0 and not (tmp_path / "cache").exists()
+    graph = onnx.load(str(out)).graph
+    quantize_input = next(n for n in graph.node if n.op_type == "QuantizeLinear" and n.input[0] == "images")
+    scale = next(onnx.numpy_helper.to_array(t) for t in graph.initializer if t.name == quantize_input.input[1])
+    shipped = json.loads(shipped_ranges_path().read_text())["data"]["images"]
+    assert float(scale) == pytest.approx(max(abs(shipped["lowest"]), abs(shipped["highest"])) / 127, rel=1e-6)
+    with pytest.raises(AkdError, match="computed with the entropy method"):
+        quantize(str(shipped_onnx), str(out), data, json.loads(metadata["akd_config"]),
+                 metadata["akd_input_format"], "tensorrt", "minmax", None)
+
+
+def test_int8_without_data_is_only_for_the_shipped_surrogate(tiny_checkpoint, tmp_path, capsys):
+    from akd.calibration import CalibrationData, quantize, shipped_ranges_path
+    from akd.cli import calibrate_main
+
+    graph = tmp_path / "tiny.onnx"
+    export(ExportOptions(str(tiny_checkpoint), str(graph), verify=False))
+    code = calibrate_main([str(graph), "--out", str(tmp_path / "tiny.int8.onnx")])
+    assert code == 2 and "ranges ship only for the surrogate shipped with akd" in capsys.readouterr().err
+    assert not (tmp_path / "tiny.int8.onnx").exists()
+    # and ranges that name another graph's tensors are refused, not half-applied
+    with pytest.raises(AkdError, match="do not fit this graph"):
+        quantize(str(graph), str(tmp_path / "x.onnx"), CalibrationData([], [], "", ranges=shipped_ranges_path()),
+                 {"input_size": [64, 64]}, "float-nchw", "tensorrt", "entropy", None)

@@ -109,6 +109,7 @@ def test_real_server_matches_the_local_graph(served):
     with SaliencyEngine.load(f"grpc://127.0.0.1:{server.grpc}/akd_surrogate") as remote, \
             SaliencyEngine.load(str(graph)) as local:
         assert remote.info.max_batch == 8 and remote.info.execution_path == "Triton server (python)"
+        assert remote.info.precision == local.info.precision == "fp32"
         served_results, local_results = remote.explain(frames), local.explain(frames)
         raw = remote.runner.infer(remote.preprocess(frames[:3])[0])
     assert raw["saliency"].shape == (3, 1, 64, 64) and raw["logits"].shape == (3, 10)

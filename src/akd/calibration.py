@@ -7,6 +7,8 @@ Two flavours, because the fast form differs by deployment target:
   kernels run fast (QLinearConv / u8s8 GEMM).
 Calibration images stream from folders (images and video frames) one at a time; ranges are cached by
 (model hash, data hash, method, flavour), and a drift report (fp32 vs int8 on held-out images) gates the result.
+The shipped surrogate also ships its ranges (numbers from the ImageNet sample, no images), so its INT8 form needs
+no data; a user's own images still override them.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ def float_nodes(fp32_path: str) -> list[str]:
             if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
 CACHE_FORMAT = 2  # bump when what the calibrator records changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
+SHIPPED_RANGES = "data/efficientnet_lite0_surrogate.int8-ranges.json"  # inside the akd package
 
 
 @dataclass
@@ -56,6 +59,24 @@ class CalibrationData:
     samples: list  # akd.train.data.Sample, in deterministic order
     heldout: list
     fingerprint: str
+    ranges: Path | None = None  # precomputed ranges (the shipped ones) instead of samples
+
+
+def shipped_ranges_path() -> Path:
+    from importlib import resources
+
+    return Path(str(resources.files("akd").joinpath(SHIPPED_RANGES)))
+
+
+def shipped_ranges(source_sha256: str | None) -> CalibrationData:
+    """The ranges shipped for the shipped surrogate, for a graph exported from it (``source_sha256``: the
+    checkpoint hash its metadata records); any other graph needs images."""
+    path = shipped_ranges_path()
+    provenance = json.loads(path.read_text())["akd"] if path.is_file() else {}
+    if not source_sha256 or source_sha256 != provenance.get("checkpoint_sha256"):
+        raise AkdError("INT8 needs calibration images (--data / --calib-data DIR): ranges ship only for the "
+                       "surrogate shipped with akd, and this graph was exported from another checkpoint")
+    return CalibrationData([], [], hashlib.sha256(path.read_bytes()).hexdigest(), ranges=path)
 
 
 def calibration_data(data: str, num_images: int, seed: int = 0) -> CalibrationData:
@@ -188,11 +209,14 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
     if method not in METHODS:
         raise AkdError(f"--calibration-method must be one of {', '.join(METHODS)}, not '{method}'")
     reader = ImageCalibrationReader(data.samples, config, input_format)
+    if data.ranges is not None:
+        cache_dir = None  # the ranges are the cache; nothing to compute or store
+        check_ranges_fit(data.ranges, fp32_path, method)
     cache = cache_file(cache_dir, sha256_file(fp32_path), data.fingerprint, method, flavour) if cache_dir else None
     hit = cache is not None and cache.is_file()
     if cache is not None:
         cache.parent.mkdir(parents=True, exist_ok=True)
-    stride = next(s for s in range(min(16, len(reader)), 0, -1) if len(reader) % s == 0)
+    stride = next((s for s in range(min(16, len(reader)), 0, -1) if len(reader) % s == 0), 1)
     extra = {"WeightSymmetric": True, "ActivationSymmetric": flavour == "tensorrt",
              "QuantizeBias": flavour != "tensorrt",
              # feed the calibrator in strides: ranges/histograms are merged per stride, so memory stays bounded
@@ -206,6 +230,8 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
             quiet = stack.enter_context(_quiet_quantizer())
             if cache is None:  # ranges reach quantize_static through its cache file, so use a temporary one
                 cache = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="akd-ranges-"))) / "ranges.json"
+                if data.ranges is not None:
+                    cache.write_bytes(data.ranges.read_bytes())
             if method != "minmax" and not cache.is_file():
                 near_constant = near_constant_tensors(fp32_path, reader)  # only when ranges are computed
                 save_tensors_data(histogram_ranges(fp32_path, reader, method, stride, near_constant), cache)
@@ -224,7 +250,25 @@ def quantize(fp32_path: str, out_path: str, data: CalibrationData, config: dict[
     if quiet.per_tensor:
         log.info("%d weights of rank 1 have no channel axis: quantized per tensor", quiet.per_tensor)
     return {"flavour": flavour, "method": method, "images": len(data.samples), "skipped": reader.skipped,
-            "near_constant_tensors": len(near_constant), "cache": str(cache) if cache_dir else None, "cache_hit": hit}
+            "near_constant_tensors": len(near_constant), "cache": str(cache) if cache_dir else None, "cache_hit": hit,
+            "ranges": "shipped" if data.ranges is not None else "computed"}
+
+
+def check_ranges_fit(ranges: Path, fp32_path: str, method: str) -> None:
+    """Precomputed ranges must name exactly the tensors this graph has (another torch version may name them
+    differently) and come from the method asked for."""
+    import onnx
+
+    content = json.loads(ranges.read_text())
+    if content["akd"]["method"] != method:
+        raise AkdError(f"the shipped INT8 ranges were computed with the {content['akd']['method']} method, not "
+                       f"{method}; pass --data DIR to calibrate with {method}")
+    graph = onnx.load(fp32_path, load_external_data=False).graph
+    names = {name for node in graph.node for name in node.output} | {value.name for value in graph.input}
+    missing = sorted(set(content["data"]) - names)
+    if missing:
+        raise AkdError(f"the shipped INT8 ranges do not fit this graph ({len(missing)} tensors not found, e.g. "
+                       f"'{missing[0]}': exported by another torch version?); pass --data DIR to calibrate")
 
 
 class _QuantizerNoise(logging.Filter):
@@ -284,8 +328,9 @@ def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: s
     int8 = run_onnx(int8_model, inputs, simulate_qdq=flavour == "tensorrt")
     metrics = compare(run_onnx(fp32_model, inputs), int8, np.ones(len(images), bool))
     metrics["drift"] = drift(metrics)
+    reason = "shipped ranges" if data.ranges is not None else "fewer than 16 calibration images: none held out"
     metrics["evaluated_on"] = (f"{len(images)} held-out images of the calibration data" if heldout else
-                               f"{fallback or 'sample-photos'} (fewer than 16 calibration images: none held out)")
+                               f"{fallback or 'sample-photos'} ({reason})")
     return metrics
 
 

@@ -11,7 +11,7 @@ import shlex
 import sys
 from collections.abc import Callable
 
-from akd.util import AkdError, check_writable
+from akd.util import AkdError, check_writable, separate_python_stderr
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -143,7 +143,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="SURROGATE.safetensors", nargs="?",
                         help="default: the surrogate shipped with akd (then --out is required)")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
-                        help="fp32 (default: exact parity), fp16 (GPU), int8 (needs --calib-data)")
+                        help="fp32 (default: exact parity), fp16 (GPU), int8 (--calib-data, or the shipped "
+                             "surrogate's own ranges)")
     parser.add_argument("--format", default="onnx", choices=["onnx", "engine", "all", "triton", "deepstream"],
                         help="onnx graph, TensorRT engine (+ .engine.json), or both (engine implies the graph); "
                              "triton: a model repository at --out; deepstream: the graph + an nvinfer config")
@@ -154,7 +155,8 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="fuse the target network too: class_id and score come from the target")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
     parser.add_argument("--parity-data", metavar="DIR", help="real images for the parity check (default: bundled)")
-    parser.add_argument("--calib-data", metavar="DIR", help="calibration images/videos (needed for int8)")
+    parser.add_argument("--calib-data", metavar="DIR", help="calibration images/videos for int8 (optional for the "
+                        "shipped surrogate, whose ranges ship with it)")
     _add_int8_arguments(parser)
     parser.add_argument("--batch", type=_batch_profile, default=(1, 8, 32), metavar="MIN,OPT,MAX",
                         help="TensorRT optimisation profile (default 1,8,32)")
@@ -178,13 +180,18 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run_export(args: argparse.Namespace) -> int:
-    from akd.export.exporter import ExportOptions, export, summarize
+    from akd.export.exporter import ExportOptions, export, ignored_options, summarize
     from akd.export.serving import TritonOptions
     from akd.export.tensorrt import EngineOptions
     from akd.runtime.engine import default_model
 
     if args.checkpoint is None and args.out is None:
         raise AkdError("--out is required when exporting the shipped surrogate (it lives inside the package)")
+    ignored = ignored_options(args.given, args.format, args.precision, args.triton_platform, not args.no_verify)
+    if ignored:
+        flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
+        raise AkdError(f"{flags}: not used by --format {args.format} --precision {args.precision}"
+                       f"{' --no-verify' if args.no_verify else ''}; drop it or pick the format that takes it")
     written = export(ExportOptions(
         checkpoint=args.checkpoint or default_model(), out=args.out, precision=args.precision, format=args.format,
         input_format=args.input_format, include_target=args.include_target, verify=not args.no_verify,
@@ -205,7 +212,8 @@ def run_export(args: argparse.Namespace) -> int:
 
 def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("model", metavar="MODEL.onnx", help="an fp32 graph written by akd-export")
-    parser.add_argument("--data", required=True, metavar="DIR", help="calibration images/videos")
+    parser.add_argument("--data", metavar="DIR", help="calibration images/videos (default for a graph of the "
+                        "shipped surrogate: the INT8 ranges shipped with it, computed on the ImageNet sample)")
     parser.add_argument("--out", required=True, metavar="MODEL.int8.onnx")
     _add_int8_arguments(parser)
 
@@ -216,8 +224,9 @@ def run_calibrate(args: argparse.Namespace) -> int:
     info = calibrate_file(args.model, args.data, args.out, args.int8_target or "cpu", args.calibration_method,
                           args.num_images, args.max_drift, args.cache_dir, args.force)
     cache = "reused" if info["cache_hit"] else "written"
-    print(f"akd-calibrate: wrote {args.out} ({info['flavour']} flavour, {info['method']}, {info['images']} images, "
-          f"calibration cache {cache}: {info['cache']})")
+    source = ("the shipped ranges" if info["ranges"] == "shipped" else
+              f"{info['images']} images, calibration cache {cache}: {info['cache']}")
+    print(f"akd-calibrate: wrote {args.out} ({info['flavour']} flavour, {info['method']}, {source})")
     return 0
 
 
@@ -387,10 +396,12 @@ def _run(prog: str, command: str, argv: list[str] | None) -> int:
     except SystemExit as exit_:  # --help or a usage error: report the code instead of leaving the interpreter
         return int(exit_.code or 0)
     args.prog, args.argv = prog, list(sys.argv[1:] if argv is None else argv)
+    args.given = {name for name, value in vars(args).items() if value != parser.get_default(name)}
     return _guarded(prog, handler, args)
 
 
 def _guarded(prog: str, handler, args) -> int:
+    separate_python_stderr()  # before logging holds sys.stderr: decoder messages get their file's name
     logging.basicConfig(level=logging.WARNING, format=f"{prog}: warning: %(message)s")
     try:
         return handler(args)

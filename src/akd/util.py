@@ -1,16 +1,24 @@
-"""Small helpers shared by every stage: the user-facing error type, atomic writes and file hashing."""
+"""Small helpers shared by every stage: the user-facing error type, atomic writes, file hashing and naming the
+file behind a native decoder's complaint."""
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
+import io
+import logging
 import os
+import sys
 import tempfile
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mov", ".mkv", ".webm", ".m4v", ".mpg", ".mpeg"})
+
+
+log = logging.getLogger("akd")
 
 
 class AkdError(Exception):
@@ -65,3 +73,39 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
         while chunk := handle.read(chunk_size):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+_native_capture = {"enabled": False, "lock": threading.Lock()}
+
+
+def separate_python_stderr() -> None:
+    """Give Python's ``sys.stderr`` a descriptor of its own (a duplicate of fd 2), so ``native_messages`` can catch
+    what C libraries write to fd 2 without catching tqdm's or logging's lines. The CLI calls it before it sets up
+    logging; a library user who never calls it sees native messages exactly as before."""
+    if _native_capture["enabled"] or sys.stderr is not sys.__stderr__:  # already done, or captured (pytest)
+        return
+    sys.stderr.flush()
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(2), "wb", buffering=0), encoding=sys.stderr.encoding,
+                                  errors="backslashreplace", line_buffering=True)
+    _native_capture["enabled"] = True
+
+
+@contextlib.contextmanager
+def native_messages(source: str | os.PathLike) -> Iterator[None]:
+    """Run a native decoder call with fd 2 captured, re-emitting each line as a warning that names ``source``:
+    libjpeg and FFmpeg print "Premature end of JPEG file" or "moov atom not found" without saying which file."""
+    if not _native_capture["enabled"]:
+        yield
+        return
+    with _native_capture["lock"], tempfile.TemporaryFile() as sink:
+        saved = os.dup(2)
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            for line in sink.read().decode(errors="replace").splitlines():
+                if line.strip():
+                    log.warning("%s: %s", source, line.strip())

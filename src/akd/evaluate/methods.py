@@ -1,15 +1,20 @@
 """Saliency methods compared by ``akd-evaluate``, all explaining the same target's prediction on the same image.
 
-Each method maps an ``EvalImage`` to an (H, W) float map at the model's input resolution. ``akd`` runs a
-surrogate through the deployable runtime (an .onnx graph, a TensorRT engine or a .safetensors checkpoint);
-Grad-CAM and LIME come from their reference packages (``pip install 'akd[eval]'``); RISE is implemented here
-following the RISE paper's mask generator because no maintained package ships it.
+Each method is a ``SaliencyMethod``: ``explain(EvalImage) -> (H, W)`` float map at the model's input resolution,
+and one lifecycle (a context manager whose exit releases hooks and sessions). ``akd`` runs a surrogate through the
+deployable runtime (an .onnx graph, a TensorRT engine or a .safetensors checkpoint); Grad-CAM and LIME come from
+their reference packages (``pip install 'akd[eval]'``); RISE is implemented here following the RISE paper's mask
+generator because no maintained package ships it. Adding a method is one class and one ``register_method``
+builder in this file.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -18,8 +23,6 @@ from torch import nn
 
 from akd.models.teachers import Teacher
 from akd.util import AkdError
-
-METHODS = ("akd", "gradcam", "rise", "lime")
 
 
 @dataclass
@@ -30,6 +33,37 @@ class EvalImage:
     pixels: np.ndarray  # (H, W, 3) uint8 RGB, already resized and centre-cropped for the target
     tensor: torch.Tensor  # (1, 3, H, W) normalised
     class_id: int
+
+
+class SaliencyMethod:
+    """A saliency method under evaluation. ``execution`` says where it computes (the report records it)."""
+
+    name: str
+    execution = "torch on cpu"
+
+    def explain(self, image: EvalImage) -> np.ndarray:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Release hooks, sessions and engines; the default holds none."""
+
+    def __enter__(self) -> SaliencyMethod:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+MethodBuilder = Callable[[Any, Teacher], list[SaliencyMethod]]  # (akd-evaluate's options, target) -> methods
+METHOD_BUILDERS: dict[str, MethodBuilder] = {}
+
+
+def register_method(name: str) -> Callable[[MethodBuilder], MethodBuilder]:
+    """Add a builder to the table ``--methods`` chooses from (timm's ``register_model`` pattern)."""
+    def register(builder: MethodBuilder) -> MethodBuilder:
+        METHOD_BUILDERS[name] = builder
+        return builder
+    return register
 
 
 def _require(module: str, method: str):
@@ -48,7 +82,7 @@ def _torch_module(teacher: Teacher, method: str) -> nn.Module:
     return teacher.module.eval()
 
 
-class AkdMethod:
+class AkdMethod(SaliencyMethod):
     """The surrogate's saliency map, computed by the runtime exactly as a deployment would."""
 
     def __init__(self, model: str, threads: int | None = None, name: str = "akd"):
@@ -57,6 +91,7 @@ class AkdMethod:
         options = {"threads": threads} if threads and model.endswith(".onnx") else {}
         self.name = name
         self.engine = SaliencyEngine.load(model, fit="stretch", color="rgb", **options)
+        self.execution = self.engine.info.execution_path
 
     def explain(self, image: EvalImage) -> np.ndarray:
         result = self.engine.explain(image.pixels, model_resolution=True)
@@ -92,7 +127,7 @@ def last_spatial_module(model: nn.Module, sample: torch.Tensor) -> tuple[str, nn
     return name, model.get_submodule(name)
 
 
-class GradCamMethod:
+class GradCamMethod(SaliencyMethod):
     """Grad-CAM (Selvaraju et al. 2017) via the ``grad-cam`` package, on the last convolutional stage."""
 
     def __init__(self, teacher: Teacher, layer: str | None = None, name: str = "gradcam"):
@@ -122,7 +157,7 @@ class GradCamMethod:
         self.cam.activations_and_grads.release()
 
 
-class RiseMethod:
+class RiseMethod(SaliencyMethod):
     """RISE (Petsiuk et al. 2018): N random masks from an s x s Bernoulli(p) grid, bilinearly upsampled to
     (s + 1) * cell and randomly shifted by up to one cell; the map is sum_i P_c(M_i * x) M_i / (N p).
     Masks multiply the normalised image (as RISE's code does) and are regenerated from the seed per image, so
@@ -155,11 +190,8 @@ class RiseMethod:
             saliency += torch.einsum("n,nhw->hw", probs, masks[:, 0])
         return (saliency / (self.masks * self.keep)).numpy()
 
-    def close(self) -> None:
-        pass
 
-
-class LimeMethod:
+class LimeMethod(SaliencyMethod):
     """LIME (Ribeiro et al. 2016) via the ``lime`` package: quickshift superpixels, ``samples`` perturbations;
     each superpixel gets its weight for the predicted class, so the map keeps LIME's signed ranking."""
 
@@ -191,5 +223,46 @@ class LimeMethod:
             weights[segment] = weight
         return weights[explanation.segments]
 
-    def close(self) -> None:
-        pass
+
+@register_method("akd")
+def _akd_methods(options, teacher: Teacher) -> list[SaliencyMethod]:
+    """One per ``--model``, each checked against the target it is judged by."""
+    if not options.models:
+        raise AkdError("method 'akd' needs --model")
+    methods: list[SaliencyMethod] = []
+    try:
+        for model in options.models:
+            label = "akd" if len(options.models) == 1 else f"akd:{Path(model).name}"
+            method = AkdMethod(model, options.threads, label)
+            methods.append(method)
+            size = teacher.preprocessing.input_size
+            if method.engine.info.size != (size, size):
+                raise AkdError(f"{model}: the surrogate's input is {method.engine.info.size} but the target reads "
+                               f"{size}x{size} images; evaluate it against the target it was distilled from")
+            if len(method.engine.classes) != teacher.num_classes:
+                raise AkdError(f"{model}: the surrogate knows {len(method.engine.classes)} classes but the target "
+                               f"has {teacher.num_classes}; evaluate it against the target it was distilled from")
+    except BaseException:
+        for method in methods:
+            method.close()
+        raise
+    return methods
+
+
+@register_method("gradcam")
+def _gradcam_methods(options, teacher: Teacher) -> list[SaliencyMethod]:
+    layers = options.gradcam_layers or [None]
+    return [GradCamMethod(teacher, layer, "gradcam" if len(layers) == 1 else f"gradcam:{layer}") for layer in layers]
+
+
+@register_method("rise")
+def _rise_methods(options, teacher: Teacher) -> list[SaliencyMethod]:
+    return [RiseMethod(teacher, options.rise_masks, seed=options.seed)]
+
+
+@register_method("lime")
+def _lime_methods(options, teacher: Teacher) -> list[SaliencyMethod]:
+    return [LimeMethod(teacher, options.lime_samples, seed=options.seed)]
+
+
+METHODS = tuple(METHOD_BUILDERS)

@@ -7,6 +7,7 @@ pinned, one image at a time (batch 1), the way an interactive user would call ea
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import numpy as np
 import torch
 
 from akd.evaluate import metrics
-from akd.evaluate.methods import METHODS, AkdMethod, EvalImage, GradCamMethod, LimeMethod, RiseMethod
+from akd.evaluate.methods import METHOD_BUILDERS, METHODS, EvalImage, SaliencyMethod
 from akd.models.teachers import Teacher
 from akd.util import IMAGE_EXTENSIONS, AkdError, atomic_path
 
@@ -45,8 +46,8 @@ class EvalOptions:
 
     def __post_init__(self):
         for name in self.methods:
-            if name not in METHODS:
-                raise AkdError(f"unknown method '{name}' (methods: {', '.join(METHODS)})")
+            if name not in METHOD_BUILDERS:
+                raise AkdError(f"unknown method '{name}' (methods: {', '.join(METHOD_BUILDERS)})")
         for name in self.subsets:
             if name not in self.methods:
                 raise AkdError(f"--subset {name}: '{name}' is not among the evaluated methods")
@@ -102,34 +103,10 @@ def load_mask(masks: str, image: EvalImage, teacher: Teacher) -> np.ndarray | No
     return None
 
 
-def build_methods(options: EvalOptions, teacher: Teacher) -> list:
-    methods: list = []
-    for name in options.methods:
-        if name == "akd":
-            if not options.models:
-                raise AkdError("method 'akd' needs --model")
-            for model in options.models:
-                label = "akd" if len(options.models) == 1 else f"akd:{Path(model).name}"
-                method = AkdMethod(model, options.threads, label)
-                methods.append(method)
-                size = teacher.preprocessing.input_size
-                if method.engine.info.size != (size, size):
-                    raise AkdError(f"{model}: the surrogate's input is {method.engine.info.size} but the target "
-                                   f"reads {size}x{size} images; evaluate it against the target it was distilled "
-                                   "from")
-                if len(method.engine.classes) != teacher.num_classes:
-                    raise AkdError(f"{model}: the surrogate knows {len(method.engine.classes)} classes but the "
-                                   f"target has {teacher.num_classes}; evaluate it against the target it was "
-                                   "distilled from")
-        elif name == "gradcam":
-            layers = options.gradcam_layers or [None]
-            methods += [GradCamMethod(teacher, layer, "gradcam" if len(layers) == 1 else f"gradcam:{layer}")
-                        for layer in layers]
-        elif name == "rise":
-            methods.append(RiseMethod(teacher, options.rise_masks, seed=options.seed))
-        else:
-            methods.append(LimeMethod(teacher, options.lime_samples, seed=options.seed))
-    return methods
+def build_methods(options: EvalOptions, teacher: Teacher, stack: contextlib.ExitStack) -> list[SaliencyMethod]:
+    """The methods ``options.methods`` names, each entered on ``stack`` so all are released however the run ends."""
+    return [stack.enter_context(method) for name in options.methods
+            for method in METHOD_BUILDERS[name](options, teacher)]
 
 
 def _time_inference(teacher: Teacher, images: list[EvalImage]) -> list[float]:
@@ -190,11 +167,12 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
     load_before = os.getloadavg()[0]  # other work on the machine inflates every timing: the report says so
     torch.set_num_threads(options.threads)
     images, skipped = load_images(teacher, options.data, options.limit, options.seed)
-    methods = build_methods(options, teacher)
-    per_image: dict[str, list[dict[str, Any]]] = {method.name: [] for method in methods}
-    grid_maps: dict[str, list[np.ndarray]] = {method.name: [] for method in methods}
-    curves: dict[str, dict[str, list[np.ndarray]]] = {m.name: {"insertion": [], "deletion": []} for m in methods}
-    try:
+    with contextlib.ExitStack() as stack:
+        methods = build_methods(options, teacher, stack)
+        per_image: dict[str, list[dict[str, Any]]] = {method.name: [] for method in methods}
+        grid_maps: dict[str, list[np.ndarray]] = {method.name: [] for method in methods}
+        curves: dict[str, dict[str, list[np.ndarray]]] = {m.name: {"insertion": [], "deletion": []} for m in methods}
+        executions = {method.name: method.execution for method in methods}
         for method in methods:  # warm-up outside the timed loop (session/graph initialisation)
             method.explain(images[0])
         for index, image in enumerate(tqdm(images, desc="akd-evaluate", disable=not progress)):
@@ -203,30 +181,43 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
                 limit = options.subsets.get(method.name.split(":")[0])
                 if limit is not None and index >= limit:
                     continue
-                started = time.perf_counter()
-                saliency = method.explain(image)
-                seconds = time.perf_counter() - started
-                row: dict[str, Any] = {"image": image.name, "class_id": image.class_id, "seconds": seconds,
-                                       "intensity": metrics.intensity(saliency)}
-                for mode in metrics.MODES:
-                    curve = metrics.causal_curve(teacher, image.tensor, saliency, mode, options.step,
-                                                 options.batch_size, image.class_id)
-                    curves[method.name][mode].append(curve)
-                    row[mode] = metrics.auc(curve)
-                if mask is not None:
-                    row["pointing"] = float(metrics.pointing_game(saliency, mask))
-                    row["energy_pointing"] = metrics.energy_pointing_game(saliency, mask)
+                saliency, row, method_curves = _score(method, image, teacher, options, mask)
                 per_image[method.name].append(row)
+                for mode, curve in method_curves.items():
+                    curves[method.name][mode].append(curve)
                 if index < GRID_IMAGES:
                     grid_maps[method.name].append(metrics.normalise(saliency))
-    finally:
-        for method in methods:
-            method.close()
     inference = _time_inference(teacher, images)
     report = _assemble(options, teacher, images, skipped, per_image, curves, inference)
     report["machine"]["load_average_before"] = load_before
+    report["machine"]["execution"] = executions
     write_report(report, options.out, images[:GRID_IMAGES], grid_maps)
     return report
+
+
+def _score(method: SaliencyMethod, image: EvalImage, teacher: Teacher, options: EvalOptions,
+           mask: np.ndarray | None) -> tuple[np.ndarray, dict[str, Any], dict[str, np.ndarray]]:
+    """One method on one image: its map (timed), the per-image row and the insertion/deletion curves."""
+    started = time.perf_counter()
+    saliency = method.explain(image)
+    seconds = time.perf_counter() - started
+    row: dict[str, Any] = {"image": image.name, "class_id": image.class_id, "seconds": seconds,
+                           "intensity": metrics.intensity(saliency)}
+    curves = {mode: metrics.causal_curve(teacher, image.tensor, saliency, mode, options.step, options.batch_size,
+                                         image.class_id) for mode in metrics.MODES}
+    row.update({mode: metrics.auc(curve) for mode, curve in curves.items()})
+    if mask is not None:
+        row["pointing"] = float(metrics.pointing_game(saliency, mask))
+        row["energy_pointing"] = metrics.energy_pointing_game(saliency, mask)
+    return saliency, row, curves
+
+
+def _target_device(teacher: Teacher) -> str:
+    """Where the target (the judge of every curve, and Grad-CAM/RISE/LIME's model) runs."""
+    if teacher.module is None:
+        return "onnxruntime on cpu"
+    parameter = next(teacher.module.parameters(), None)
+    return str(parameter.device) if parameter is not None else "cpu"
 
 
 def _assemble(options, teacher, images, skipped, per_image, curves, inference) -> dict[str, Any]:
@@ -253,7 +244,7 @@ def _assemble(options, teacher, images, skipped, per_image, curves, inference) -
                      "lime_samples": options.lime_samples, "seed": options.seed, "subsets": options.subsets},
         "machine": {"threads": options.threads, "cpu": platform.processor() or platform.machine(),
                     "cpu_count": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__,
-                    "device": "cpu"},
+                    "target_device": _target_device(teacher)},
         "inference_seconds": _summary(inference),
         "results": results,
         "paired": _paired(per_image, options.seed),

@@ -39,6 +39,29 @@ from akd.util import AkdError, atomic_path, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
 FORMATS = ("onnx", "engine", "all", "triton", "deepstream")
+# options (argparse names) that only some formats/precisions read; the rest would be silently ignored
+ENGINE_OPTIONS = frozenset({"batch", "workspace", "timing_cache", "dla_core", "version_compatible",
+                            "hardware_compatibility"})
+TRITON_OPTIONS = frozenset({"batch", "triton_name", "triton_platform", "triton_instances", "triton_kind",
+                            "triton_queue_delay_us", "triton_ort_tensorrt"})
+INT8_OPTIONS = frozenset({"calib_data", "int8_target", "calibration_method", "num_images", "max_drift", "cache_dir"})
+
+
+def ignored_options(given: set[str], format: str, precision: str, triton_platform: str, verify: bool) -> list[str]:
+    """Which of the options ``given`` this export would not read. Like Ultralytics' exporter, each format declares
+    what it takes, so a --dla-core with --format onnx is refused rather than dropped."""
+    takes = set()
+    if format in ("engine", "all") or (format == "triton" and triton_platform == "tensorrt_plan"):
+        takes |= ENGINE_OPTIONS
+    if format == "triton":
+        takes |= TRITON_OPTIONS - ({"triton_ort_tensorrt"} if triton_platform != "onnxruntime_onnx" else set())
+    if format == "deepstream":
+        takes.add("batch")  # nvinfer's batch-size
+    if precision == "int8":
+        takes |= INT8_OPTIONS
+    if verify:
+        takes.add("parity_data")
+    return sorted(given & (ENGINE_OPTIONS | TRITON_OPTIONS | INT8_OPTIONS | {"parity_data"}) - takes)
 
 
 @dataclass
@@ -109,8 +132,6 @@ def export(options: ExportOptions) -> list[Path]:
         raise AkdError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{options.precision}'")
     if options.format not in FORMATS:
         raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
-    if options.precision == "int8" and not options.calib_data:
-        raise AkdError("--precision int8 needs --calib-data DIR (images or videos to calibrate on)")
     if options.format == "triton" and not options.out:
         raise AkdError("--format triton needs --out REPO (the model repository folder)")
     wants_engine = options.wants_engine
@@ -127,7 +148,8 @@ def export(options: ExportOptions) -> list[Path]:
     config = surrogate.config
     triton_text = None
     if options.format == "triton":  # validated before any work, so a bad config never costs an export
-        triton_text = triton_config(config, options.input_format, options.triton.platform, options.triton)
+        triton_text = triton_config(config, options.input_format, options.triton.platform, options.triton,
+                                    options.precision)
         validate_triton_config(triton_text)
     source_sha = sha256_file(options.checkpoint)
     target = _target_module(config) if options.include_target else None
@@ -204,17 +226,20 @@ def _verify_against_torch(reference, model, config, options: ExportOptions, prec
     return metrics
 
 
-def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str, flavour: str, method: str,
+def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str | None, flavour: str, method: str,
               num_images: int, max_drift: float, cache_dir: str | None, verify: bool = True,
               fallback_data: str | None = None):
-    """Quantize an fp32 akd graph to QDQ INT8, measure drift on held-out images, refuse if it drifts too far."""
+    """Quantize an fp32 akd graph to QDQ INT8, measure drift on held-out images, refuse if it drifts too far.
+    Without ``data``, the ranges shipped for the shipped surrogate (only a graph exported from it takes them)."""
     import onnx
 
-    from akd.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize
+    from akd.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize, shipped_ranges
 
-    data_set = calibration_data(data, num_images)
-    probe = parity.run_onnx(fp32_model.SerializeToString(),
-                            parity.to_input(parity.images_of(data_set.samples[:2], config), config, input_format))
+    data_set = (calibration_data(data, num_images) if data else
+                shipped_ranges(read_metadata(fp32_model).get("akd_source_sha256")))
+    probe_images = (parity.images_of(data_set.samples[:2], config) if data_set.samples else
+                    parity.real_images(config, fallback_data, 2))
+    probe = parity.run_onnx(fp32_model.SerializeToString(), parity.to_input(probe_images, config, input_format))
     if not all(np.isfinite(values).all() for values in probe.values()):  # before onnxruntime's calibrator trips on it
         raise AkdError("the fp32 graph computes NaN or infinity on the calibration images (corrupt weights?); "
                        "nothing calibrated, cached or written")
@@ -234,13 +259,17 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str, 
         # the default gate is the int8 parity limits; a --max-drift above the default knowingly loosens them
         failed = parity.failures(drift, "int8") if max_drift <= DEFAULT_MAX_DRIFT else []
         if failed or drift["drift"] > max_drift:
+            hint = ("\nwithout --data the drift is judged on the bundled sample photos (the shipped ranges drift "
+                    "0.023 on held-out ImageNet with the tensorrt flavour, docs/BENCHMARKS.md): pass --data DIR "
+                    "with images like yours" if data_set.ranges is not None else "")
             raise AkdError(f"int8 ({flavour}) drifts too far from fp32 (drift {drift['drift']:.4f}, --max-drift "
-                           f"{max_drift}), nothing written\n{parity.table(drift, 'int8')}")
+                           f"{max_drift}) on {drift['evaluated_on']}, nothing written{hint}\n"
+                           f"{parity.table(drift, 'int8')}")
     set_metadata(int8, metadata)
     return check_graph(int8, "int8 graph"), info
 
 
-def calibrate_file(model_path: str, data: str, out: str, flavour: str, method: str, num_images: int,
+def calibrate_file(model_path: str, data: str | None, out: str, flavour: str, method: str, num_images: int,
                    max_drift: float, cache_dir: str | None, force: bool) -> dict[str, Any]:
     """``akd-calibrate``: an fp32 akd graph on disk -> its INT8 form."""
     import onnx
@@ -262,7 +291,7 @@ def calibrate_file(model_path: str, data: str, out: str, flavour: str, method: s
     int8, info = calibrate(model, config, metadata["akd_input_format"], data, flavour, method, num_images,
                            max_drift, cache_dir)
     metadata_sha = sha256_file(str(path))
-    set_metadata(int8, {"akd_source_sha256": metadata_sha})
+    set_metadata(int8, {"akd_fp32_sha256": metadata_sha})  # akd_source_sha256 stays the checkpoint's
     save_model(int8, out)
     _print_report({"int8": info}, "akd-calibrate")
     return info

@@ -36,7 +36,8 @@ def graph_signature(config: dict[str, Any], input_format: str) -> dict[str, tupl
             "score": ("TYPE_FP32", [1])}
 
 
-def triton_config(config: dict[str, Any], input_format: str, platform: str, options: TritonOptions) -> str:
+def triton_config(config: dict[str, Any], input_format: str, platform: str, options: TritonOptions,
+                  precision: str = "fp32") -> str:
     """config.pbtxt text. class_id and score are (N) tensors: dims [1] reshaped to scalars per sample."""
     signature = graph_signature(config, input_format)
 
@@ -62,6 +63,7 @@ def triton_config(config: dict[str, Any], input_format: str, platform: str, opti
         lines.append('optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" '
                      f'parameters {{ key: "precision_mode" value: "{options.ort_tensorrt}" }} }} ] }} }}')
     lines.append(f'parameters {{ key: "akd_input_format" value: {{ string_value: "{input_format}" }} }}')
+    lines.append(f'parameters {{ key: "akd_precision" value: {{ string_value: "{precision}" }} }}')
     lines.append(f'parameters {{ key: "akd_config" value: {{ string_value: {_quoted(json.dumps(config))} }} }}')
     return "\n".join(lines) + "\n"
 

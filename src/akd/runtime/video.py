@@ -78,7 +78,8 @@ def read_image(path: str | Path) -> np.ndarray | None:
     """A BGR image, or None (warned, naming the file) when it is unreadable or its header claims more pixels than
     OpenCV decodes (a decompression bomb): a caller skips and counts it, and the files after it still run."""
     try:
-        frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        with util.native_messages(path):
+            frame = cv2.imread(str(path), cv2.IMREAD_COLOR)
     except cv2.error as exc:
         reason = "too many pixels" if "MAX_IMAGE_PIXELS" in str(exc) else str(exc).strip().splitlines()[-1]
         log.warning("%s: unreadable image (%s), skipped", path, reason)
@@ -129,7 +130,8 @@ def open_source(spec, live: bool | None = None) -> Source:
         raise AkdError(f"{spec}: a GStreamer pipeline, but this OpenCV has no GStreamer (opencv-python-headless "
                        "never does); use an OpenCV built with GStreamer, or give the RTSP/HTTP URL or file itself")
     api = cv2.CAP_GSTREAMER if "!" in spec else cv2.CAP_ANY
-    capture = cv2.VideoCapture(spec, api)
+    with util.native_messages(spec):
+        capture = cv2.VideoCapture(spec, api)
     if capture.isOpened():
         expected = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if not stream else 0
         source = Source(spec, iter(()), capture.get(cv2.CAP_PROP_FPS) or 30.0, stream if live is None else live)

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from akd.util import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, AkdError
+from akd.util import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, AkdError, native_messages
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,8 @@ def video_samples(path: Path, stride: int) -> list[Sample]:
     """Every ``stride``-th frame of a video (OpenCV); an unreadable video yields no samples."""
     import cv2
 
-    capture = cv2.VideoCapture(str(path))
+    with native_messages(path):
+        capture = cv2.VideoCapture(str(path))
     count = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) if capture.isOpened() else 0
     capture.release()
     if count <= 0:
@@ -190,9 +191,10 @@ def read_rgb(sample: Sample) -> Image.Image | None:
                 return image.convert("RGB")
         import cv2
 
-        capture = cv2.VideoCapture(sample.path)
-        capture.set(cv2.CAP_PROP_POS_FRAMES, sample.frame)
-        ok, frame = capture.read()
+        with native_messages(sample.path):
+            capture = cv2.VideoCapture(sample.path)
+            capture.set(cv2.CAP_PROP_POS_FRAMES, sample.frame)
+            ok, frame = capture.read()
         capture.release()
         if not ok:
             raise ValueError(f"frame {sample.frame} did not decode")

@@ -46,7 +46,8 @@ class TritonRunner:
                            "--format triton")
         self.info = ModelInfo(json.loads(parameters["akd_config"]["string_value"]),
                               parameters["akd_input_format"]["string_value"], int(config["max_batch_size"]),
-                              "triton", url, {"platform": config.get("platform") or config.get("backend")})
+                              parameters.get("akd_precision", {}).get("string_value", "unknown"), url,
+                              {"platform": config.get("platform") or config.get("backend")})
         self.url = url
         self.last_stage_ms: dict[str, float] = {}
 
