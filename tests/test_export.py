@@ -355,6 +355,8 @@ def test_int8_without_data_is_only_for_the_shipped_surrogate(tiny_checkpoint, tm
     from akd.calibration import CalibrationData, quantize, shipped_ranges_path
     from akd.cli import calibrate_main
 
+    from conftest import tiny_surrogate_config
+
     graph = tmp_path / "tiny.onnx"
     export(ExportOptions(str(tiny_checkpoint), str(graph), verify=False))
     code = calibrate_main([str(graph), "--out", str(tmp_path / "tiny.int8.onnx")])
@@ -363,4 +365,19 @@ def test_int8_without_data_is_only_for_the_shipped_surrogate(tiny_checkpoint, tm
     # and ranges that name another graph's tensors are refused, not half-applied
     with pytest.raises(AkdError, match="do not fit this graph"):
         quantize(str(graph), str(tmp_path / "x.onnx"), CalibrationData([], [], "", ranges=shipped_ranges_path()),
-                 {"input_size": [64, 64]}, "float-nchw", "tensorrt", "entropy", None)
+                 tiny_surrogate_config(), "float-nchw", "tensorrt", "entropy", None)
+
+
+def test_calibrate_cli_without_data_on_the_shipped_surrogate(shipped_onnx, tmp_path, capsys):
+    """The gate stays honest without data: judged on the bundled photos (which the target does not recognise) the
+    default limits refuse and say why; a knowingly looser --max-drift writes the graph."""
+    out = tmp_path / "lite0.int8.onnx"
+    code = calibrate_main([str(shipped_onnx), "--out", str(out), "--int8-target", "tensorrt"])
+    err = capsys.readouterr().err
+    assert code == 2 and "sample-photos (shipped ranges)" in err and "pass --data DIR" in err and not out.exists()
+    assert calibrate_main([str(shipped_onnx), "--out", str(out), "--int8-target", "tensorrt", "--max-drift", "1"]) == 0
+    assert "the shipped ranges" in capsys.readouterr().out
+    metadata = _meta(out)
+    assert metadata["akd_precision"] == "int8" and json.loads(metadata["akd_calibration"])["ranges"] == "shipped"
+    assert metadata["akd_source_sha256"] == _meta(shipped_onnx)["akd_source_sha256"]
+    assert len(metadata["akd_fp32_sha256"]) == 64

@@ -75,17 +75,19 @@ def sha256_file(path: str | os.PathLike, chunk_size: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
-_native_capture = {"enabled": False, "lock": threading.Lock()}
+_native_lock = threading.Lock()
+_native_capture = {"enabled": False}
 
 
 def separate_python_stderr() -> None:
     """Give Python's ``sys.stderr`` a descriptor of its own (a duplicate of fd 2), so ``native_messages`` can catch
     what C libraries write to fd 2 without catching tqdm's or logging's lines. The CLI calls it before it sets up
     logging; a library user who never calls it sees native messages exactly as before."""
-    if _native_capture["enabled"] or sys.stderr is not sys.__stderr__:  # already done, or captured (pytest)
+    original = sys.stderr
+    if _native_capture["enabled"] or original is not sys.__stderr__ or original is None:  # done, or pytest's
         return
-    sys.stderr.flush()
-    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(2), "wb", buffering=0), encoding=sys.stderr.encoding,
+    original.flush()
+    sys.stderr = io.TextIOWrapper(os.fdopen(os.dup(2), "wb", buffering=0), encoding=original.encoding,
                                   errors="backslashreplace", line_buffering=True)
     _native_capture["enabled"] = True
 
@@ -97,7 +99,7 @@ def native_messages(source: str | os.PathLike) -> Iterator[None]:
     if not _native_capture["enabled"]:
         yield
         return
-    with _native_capture["lock"], tempfile.TemporaryFile() as sink:
+    with _native_lock, tempfile.TemporaryFile() as sink:
         saved = os.dup(2)
         os.dup2(sink.fileno(), 2)
         try:
