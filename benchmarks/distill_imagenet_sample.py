@@ -7,7 +7,7 @@ target top-1 agreement on them (goal >= 0.90), mean saliency, and the wall time 
     python benchmarks/distill_imagenet_sample.py [--work runs/bench-distill] [--ship] [-- extra akd-train flags]
 
 ``--ship`` then writes the trained surrogate, without its training state, to the package as the embedded default
-(src/akd/data/efficientnet_lite0_surrogate.safetensors).
+(src/akd/assets/efficientnet_lite0_surrogate.safetensors).
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
-SHIPPED = Path(__file__).resolve().parents[1] / "src" / "akd" / "data" / "efficientnet_lite0_surrogate.safetensors"
+SHIPPED = Path(__file__).resolve().parents[1] / "src" / "akd" / "assets" / "efficientnet_lite0_surrogate.safetensors"
 
 
 def split(source: Path, work: Path, train_count: int = 640, val_count: int = 96) -> tuple[Path, Path, Path]:
@@ -47,14 +47,15 @@ def split(source: Path, work: Path, train_count: int = 640, val_count: int = 96)
 
 @torch.no_grad()
 def measure(checkpoint: Path, heldout: Path) -> dict[str, float]:
+    from akd.data.preprocessing import SampleDataset, collate, transforms_for
+    from akd.data.sources import discover
     from akd.models.surrogate import load_surrogate
     from akd.models.teachers import load_teacher
-    from akd.train.data import DistillationDataset, collate, discover, transforms_for
 
     teacher = load_teacher("efficientnet_lite0")
     surrogate = load_surrogate(checkpoint)
     found = discover(str(heldout), "test")
-    dataset = DistillationDataset(found.samples, transforms_for(teacher.preprocessing, False))
+    dataset = SampleDataset(found.samples, transforms_for(teacher.preprocessing, False))
     loader = torch.utils.data.DataLoader(dataset, batch_size=32, collate_fn=collate)
     agree = teacher_top1 = student_top1 = seen = saliency = 0.0
     for images, labels, _ in loader:

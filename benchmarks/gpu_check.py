@@ -27,8 +27,8 @@ def main() -> int:
     if not torch.cuda.is_available():
         print("gpu_check needs CUDA", file=sys.stderr)
         return 2
+    from akd.data.imagenet import imagenet_class_names
     from akd.export.exporter import ExportOptions, export
-    from akd.models.imagenet import imagenet_class_names
     from akd.models.surrogate import Surrogate, save_checkpoint
     from akd.runtime.backends.onnxruntime import OnnxRuntimeRunner
     from akd.runtime.backends.torch import TorchRunner

@@ -8,7 +8,7 @@ images, for both INT8 flavours, side by side.
     python benchmarks/int8_ranges_imagenet_sample.py [--ship]
 
 ``--ship`` writes the ranges (tensor name -> lowest/highest, no histograms, no images) to
-src/akd/data/efficientnet_lite0_surrogate.int8-ranges.json, with the checkpoint hash they belong to.
+src/akd/assets/efficientnet_lite0_surrogate.int8-ranges.json, with the checkpoint hash they belong to.
 """
 
 from __future__ import annotations
@@ -21,7 +21,14 @@ from pathlib import Path
 
 import onnx
 
-from akd.calibration import FLAVOURS, CalibrationData, calibration_data, drift_report, quantize, shipped_ranges_path
+from akd.export.calibration import (
+    FLAVOURS,
+    CalibrationData,
+    calibration_data,
+    drift_report,
+    quantize,
+    shipped_ranges_path,
+)
 from akd.export.exporter import ExportOptions, export
 from akd.export.graph import read_metadata
 from akd.runtime.engine import default_model

@@ -23,10 +23,11 @@ import onnx
 import onnxruntime as ort
 import torch
 
+from akd.data.preprocessing import images_of
+from akd.data.sources import discover
 from akd.export import parity
 from akd.export.exporter import ExportOptions, export
 from akd.export.graph import read_metadata
-from akd.train.data import discover
 
 
 def timed(session: ort.InferenceSession, feed: np.ndarray, iterations: int) -> float:
@@ -63,7 +64,7 @@ def main() -> int:
               f"({paths[name].stat().st_size / 1e6:.1f} MB)", flush=True)
 
     config = json.loads(read_metadata(onnx.load_model(str(paths["fp32"])))["akd_config"])
-    images = parity.images_of(discover(args.heldout, "test").samples, config)
+    images = images_of(discover(args.heldout, "test").samples, config)
     reference = parity.run_onnx(str(paths["fp32"]), images)
     print(f"\nfidelity vs fp32 graph on {len(images)} held-out images:")
     print(f"{'model':15s} {'sal. Pearson':>12s} {'top20 IoU':>10s} {'class agr.':>10s} {'max |dS|':>9s}")

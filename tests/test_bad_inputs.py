@@ -57,7 +57,7 @@ def graph(tiny_checkpoint, tmp_path_factory) -> Path:
 
 def test_decompression_bomb_is_skipped_and_the_rest_explained(graph, tmp_path, capsys, caplog):
     from akd.cli import explain_main
-    from akd.train.data import discover
+    from akd.data.sources import discover
 
     folder = tmp_path / "in"
     _bomb(folder.mkdir() or folder / "a_bomb.png")
@@ -194,8 +194,8 @@ def _nan_graph(graph: Path, out: Path) -> Path:
 
 
 def test_nan_graph_fails_every_gate_and_the_runtime(graph, tmp_path):
-    from akd.calibration import drift
     from akd.export import parity
+    from akd.export.calibration import drift
     from akd.runtime import SaliencyEngine
 
     _nan_graph(graph, tmp_path / "nan.onnx")
@@ -210,7 +210,7 @@ def test_nan_graph_fails_every_gate_and_the_runtime(graph, tmp_path):
 
 
 def test_non_finite_calibration_ranges_are_never_cached(tmp_path):
-    from akd.calibration import _refuse_nonfinite_ranges
+    from akd.export.calibration import _refuse_nonfinite_ranges
 
     cache = tmp_path / "ranges.json"
     cache.write_text(json.dumps({"CLS": "TensorsData", "data": {"good": {"lowest": -1.0, "highest": 2.0},
@@ -274,7 +274,7 @@ def test_python_api_names_the_problem(graph, bad, fragment):
 
 
 def test_small_user_folder_holds_out_a_fifth_for_drift(tmp_path):
-    from akd.calibration import calibration_data
+    from akd.export.calibration import calibration_data
 
     for index in range(64):
         _photo(tmp_path / "user" / f"{index:02d}.png", index)
@@ -288,8 +288,8 @@ def test_small_user_folder_holds_out_a_fifth_for_drift(tmp_path):
 
 def test_small_cli_mistakes(graph, tmp_path, capsys):
     from akd.cli import profile_main
+    from akd.data.sources import discover
     from akd.runtime import SaliencyEngine
-    from akd.train.data import discover
 
     assert profile_main([str(graph), "--warmup", "-1"]) == 2
     assert "non-negative" in capsys.readouterr().err

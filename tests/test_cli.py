@@ -118,7 +118,7 @@ def test_every_package_ships_with_the_license():
     project = tomllib.loads((root / "pyproject.toml").read_text())
     assert project["project"]["license"] == "Apache-2.0" and project["project"]["license-files"] == ["LICENSE"]
     assert "Apache License" in (root / "LICENSE").read_text()[:200]
-    assert "data/README.md" in project["tool"]["setuptools"]["package-data"]["akd"]
+    assert "assets/README.md" in project["tool"]["setuptools"]["package-data"]["akd"]
 
 
 @pytest.mark.parametrize("extra, refused", [

@@ -3,8 +3,9 @@ import pytest
 import torch
 from PIL import Image
 
-from akd.models.teachers import Preprocessing
-from akd.train.data import DistillationDataset, Sample, collate, discover, shard_indices, transforms_for
+from akd.data.preprocessing import Preprocessing, SampleDataset, collate, transforms_for
+from akd.data.sources import Sample, discover
+from akd.train.distributed import shard_indices
 from akd.util import AkdError
 
 from conftest import IMAGENET_SAMPLE
@@ -104,7 +105,7 @@ def test_video_file_is_a_source_of_frames(tmp_path):
     _write_video(video)
     found = discover(str(video), video_stride=4)
     assert found.layout == "video" and [s.frame for s in found.samples] == [0, 4, 8]
-    dataset = DistillationDataset(found.samples, transforms_for(Preprocessing(input_size=16), train=False))
+    dataset = SampleDataset(found.samples, transforms_for(Preprocessing(input_size=16), train=False))
     images, labels, skipped = collate([dataset[i] for i in range(3)])
     assert images.shape == (3, 3, 16, 16) and labels.tolist() == [-1, -1, -1] and skipped == 0
 
@@ -123,7 +124,7 @@ def test_image_that_fails_to_decode_is_dropped_from_batch(tmp_path):
     _image(good)
     Image.new("RGB", (64, 64), (10, 200, 30)).save(truncated, quality=95)
     truncated.write_bytes(truncated.read_bytes()[:300])  # header fine, data missing
-    dataset = DistillationDataset([Sample(str(good)), Sample(str(truncated))],
+    dataset = SampleDataset([Sample(str(good)), Sample(str(truncated))],
                                   transforms_for(Preprocessing(input_size=16), train=False))
     images, _, skipped = collate([dataset[0], dataset[1]])
     assert images.shape[0] == 1 and skipped == 1
@@ -138,7 +139,7 @@ def test_missing_and_empty_folders_are_errors(tmp_path):
 
 def test_augmentation_is_seeded_per_sample_and_epoch(imagefolder):
     samples = discover(str(imagefolder)).samples
-    dataset = DistillationDataset(samples, transforms_for(Preprocessing(input_size=24), train=True), seed=3)
+    dataset = SampleDataset(samples, transforms_for(Preprocessing(input_size=24), train=True), seed=3)
     first = dataset[5][0]
     torch.manual_seed(999)  # global RNG state must not matter
     assert torch.equal(dataset[5][0], first)

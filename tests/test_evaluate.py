@@ -12,9 +12,10 @@ from torch import nn
 
 from akd import perturbation
 from akd.cli import main
+from akd.data.preprocessing import Preprocessing
 from akd.evaluate import metrics
 from akd.evaluate.methods import EvalImage, GradCamMethod, LimeMethod, RiseMethod, last_spatial_module
-from akd.models.teachers import Preprocessing, _module_teacher
+from akd.models.teachers import _module_teacher
 
 PATCH = (slice(8, 16), slice(8, 16))
 

@@ -191,7 +191,7 @@ def test_engine_without_tensorrt_says_what_to_install(tiny_checkpoint, tmp_path,
 @pytest.mark.parametrize("argv,fragment", [
     (["missing.safetensors"], "checkpoint not found"),
     (["{ckpt}", "--precision", "fp8"], "invalid choice"),
-    (["{ckpt}", "--precision", "int8"], "needs --calib-data"),
+    (["{ckpt}", "--precision", "int8"], "INT8 needs calibration images (--data / --calib-data DIR)"),
     (["{corrupt}"], "not a readable safetensors checkpoint"),
     (["{ckpt}", "--batch", "8,4,2"], "MIN <= OPT <= MAX"),
 ])
@@ -261,8 +261,8 @@ def test_histogram_calibration_survives_a_near_constant_gate(photo_folder, tmp_p
     onnxruntime's float32 histograms; akd gives it its observed min/max and calibrates the rest by percentile."""
     import torch
 
-    from akd.calibration import CalibrationData, ImageCalibrationReader, near_constant_tensors, quantize
-    from akd.train.data import discover
+    from akd.data.sources import discover
+    from akd.export.calibration import CalibrationData, ImageCalibrationReader, near_constant_tensors, quantize
 
     from conftest import tiny_surrogate_config
 
@@ -332,7 +332,7 @@ def test_engine_formats_stop_before_any_work_without_tensorrt(tiny_checkpoint, t
 def test_shipped_ranges_quantize_the_shipped_surrogate_without_images(shipped_onnx, tmp_path):
     """No data: the ranges shipped in the package reach the quantizer (the input's scale is the shipped range's),
     no image is read, nothing is cached."""
-    from akd.calibration import quantize, shipped_ranges, shipped_ranges_path
+    from akd.export.calibration import quantize, shipped_ranges, shipped_ranges_path
 
     metadata = _meta(shipped_onnx)
     data = shipped_ranges(metadata["akd_source_sha256"])
@@ -352,8 +352,8 @@ def test_shipped_ranges_quantize_the_shipped_surrogate_without_images(shipped_on
 
 
 def test_int8_without_data_is_only_for_the_shipped_surrogate(tiny_checkpoint, tmp_path, capsys):
-    from akd.calibration import CalibrationData, quantize, shipped_ranges_path
     from akd.cli import calibrate_main
+    from akd.export.calibration import CalibrationData, quantize, shipped_ranges_path
 
     from conftest import tiny_surrogate_config
 

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from akd.models.teachers import Preprocessing, load_teacher
+from akd.data.preprocessing import Preprocessing
+from akd.models.teachers import load_teacher
 from akd.util import AkdError
 
 from conftest import IMAGENET_SAMPLE, MOBILENET_ONNX, SIZE
@@ -65,7 +66,8 @@ def test_torchvision_target_with_weights_file(tmp_path):
 
 
 def _imagenet_batch(preprocessing, names):
-    from akd.train.data import Sample, read_rgb, transforms_for
+    from akd.data.preprocessing import transforms_for
+    from akd.data.sources import Sample, read_rgb
 
     transform = transforms_for(preprocessing, train=False)
     return torch.stack([transform(read_rgb(Sample(str(IMAGENET_SAMPLE / n)))) for n in names])

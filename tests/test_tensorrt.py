@@ -7,7 +7,7 @@ import onnx
 import pytest
 from onnx import helper
 
-from akd.calibration import cache_file
+from akd.export.calibration import cache_file
 from akd.export.tensorrt import (
     EngineOptions,
     check_operators,

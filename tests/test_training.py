@@ -14,7 +14,7 @@ from conftest import SIZE
 
 
 def _options(target, data, out, stages, epochs, **overrides) -> TrainOptions:
-    from akd.models.teachers import Preprocessing
+    from akd.data.preprocessing import Preprocessing
 
     settings = [f"{k}={v}" for k, v in {"stages.student.lr": 0.01, "stages.joint.lr": 0.01,
                                           "stages.explainer.lr": 0.01, "destruction": 0.5, **overrides}.items()]
@@ -29,8 +29,9 @@ def _weights(path) -> dict[str, torch.Tensor]:
 
 @pytest.mark.parametrize("stage", ["student", "explainer", "joint"])
 def test_loss_falls_on_a_fixed_batch(torchscript_target, stage):
+    from akd.data.preprocessing import Preprocessing
     from akd.models.surrogate import Surrogate
-    from akd.models.teachers import Preprocessing, load_teacher
+    from akd.models.teachers import load_teacher
     from akd.train.trainer import DistillationStep, _param_groups, _set_trainable
 
     torch.manual_seed(0)

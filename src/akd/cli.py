@@ -59,7 +59,7 @@ def _add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _teacher_preprocessing(args: argparse.Namespace):
-    from akd.models.teachers import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+    from akd.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 
     return Preprocessing(mean=args.mean or IMAGENET_MEAN, std=args.std or IMAGENET_STD)
 
@@ -130,7 +130,7 @@ def _add_int8_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration-method", default="entropy", choices=["minmax", "entropy", "percentile"],
                         help="entropy (default): least drift on the shipped lite0 surrogate; minmax is fastest")
     parser.add_argument("--num-images", type=_positive_int, default=512, help="calibration images (default 512)")
-    from akd.calibration import DEFAULT_MAX_DRIFT
+    from akd.export.calibration import DEFAULT_MAX_DRIFT
 
     parser.add_argument("--max-drift", type=float, default=DEFAULT_MAX_DRIFT,
                         help="refuse an INT8 model whose drift, max(1 - saliency Pearson, 1 - class agreement) on "

@@ -58,8 +58,7 @@ def load_images(teacher: Teacher, data: str, limit: int | None, seed: int) -> tu
     unbiased subset. Unreadable files are skipped and counted."""
     from torchvision.transforms import functional as TF
 
-    from akd.export.parity import sampled
-    from akd.train.data import discover, read_rgb
+    from akd.data.sources import discover, read_rgb, sampled
 
     found = discover(data, "test")
     if not found.samples:

@@ -15,8 +15,9 @@ from typing import Any
 
 import numpy as np
 
-from akd.calibration import DEFAULT_MAX_DRIFT
+from akd.data.preprocessing import images_of, real_images
 from akd.export import parity
+from akd.export.calibration import DEFAULT_MAX_DRIFT
 from akd.export.graph import (
     DeployableSurrogate,
     artifact_metadata,
@@ -109,7 +110,8 @@ def output_paths(options: ExportOptions) -> tuple[Path, Path]:
 
 def _target_module(config: dict[str, Any]):
     """The surrogate's own target as a torch module, checked against the sha256 recorded at distillation."""
-    from akd.models.teachers import Preprocessing, load_teacher
+    from akd.data.preprocessing import Preprocessing
+    from akd.models.teachers import load_teacher
 
     identity = config["target"]
     if identity.get("kind") == "onnx":
@@ -132,6 +134,10 @@ def export(options: ExportOptions) -> list[Path]:
         raise AkdError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{options.precision}'")
     if options.format not in FORMATS:
         raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
+    if options.precision == "int8" and not options.calib_data:  # only the shipped surrogate's ranges ship
+        from akd.export.calibration import shipped_ranges
+
+        shipped_ranges(sha256_file(options.checkpoint))
     if options.format == "triton" and not options.out:
         raise AkdError("--format triton needs --out REPO (the model repository folder)")
     wants_engine = options.wants_engine
@@ -233,12 +239,12 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str |
     Without ``data``, the ranges shipped for the shipped surrogate (only a graph exported from it takes them)."""
     import onnx
 
-    from akd.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize, shipped_ranges
+    from akd.export.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize, shipped_ranges
 
     data_set = (calibration_data(data, num_images) if data else
                 shipped_ranges(read_metadata(fp32_model).get("akd_source_sha256")))
-    probe_images = (parity.images_of(data_set.samples[:2], config) if data_set.samples else
-                    parity.real_images(config, fallback_data, 2))
+    probe_images = (images_of(data_set.samples[:2], config) if data_set.samples else
+                    real_images(config, fallback_data, 2))
     probe = parity.run_onnx(fp32_model.SerializeToString(), parity.to_input(probe_images, config, input_format))
     if not all(np.isfinite(values).all() for values in probe.values()):  # before onnxruntime's calibrator trips on it
         raise AkdError("the fp32 graph computes NaN or infinity on the calibration images (corrupt weights?); "

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from akd.data.preprocessing import real_images
 from akd.util import AkdError
 
 # precision -> (metric, comparison, limit); the issue's acceptance limits.
@@ -46,29 +47,6 @@ def generated_images(height: int, width: int, count: int = 8, seed: int = 0) -> 
             image = np.stack([blob * 2 - 1, -blob, blob]) + rng.normal(0, 0.1, (3, height, width))
         images.append(image)
     return np.asarray(images, dtype=np.float32)
-
-
-def images_of(samples: list, config: dict) -> np.ndarray:
-    """Decode and preprocess samples the way the surrogate expects (resize, centre-crop, normalise)."""
-    from akd.models.teachers import Preprocessing
-    from akd.train.data import DistillationDataset, collate, transforms_for
-
-    dataset = DistillationDataset(samples, transforms_for(Preprocessing.from_config(config), train=False))
-    images, _, _ = collate([dataset[i] for i in range(len(dataset))]) if samples else (None, None, 0)
-    return images.numpy() if images is not None else np.zeros((0, 3, *config["input_size"]), dtype=np.float32)
-
-
-def real_images(config: dict, data: str | None, count: int) -> np.ndarray:
-    """``count`` photographs from ``data`` (default: scikit-image's bundled photos), deterministically sampled."""
-    from akd.train.data import discover
-
-    return images_of(sampled(discover(data or "sample-photos", "test").samples, seed=0)[:count], config)
-
-
-def sampled(samples: list, seed: int) -> list:
-    """A deterministic shuffle of the samples (same list, same seed -> same order)."""
-    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
-    return [samples[i] for i in order]
 
 
 def parity_images(config: dict, data: str | None = None, real_count: int = 32) -> ParityImages:

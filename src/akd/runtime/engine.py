@@ -34,7 +34,7 @@ def default_model() -> str:
     """The model ``SaliencyEngine.load()`` uses when none is given: the surrogate shipped inside the package."""
     from importlib import resources
 
-    shipped = resources.files("akd").joinpath("data/efficientnet_lite0_surrogate.safetensors")
+    shipped = resources.files("akd").joinpath("assets/efficientnet_lite0_surrogate.safetensors")
     if not shipped.is_file():
         raise AkdError("no model given and this akd build ships no default surrogate; pass a .onnx, .engine or "
                        ".safetensors model")

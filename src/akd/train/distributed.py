@@ -46,3 +46,14 @@ def barrier(env: Distributed) -> None:
         import torch.distributed as dist
 
         dist.barrier()
+
+
+def shard_indices(length: int, epoch: int, seed: int, rank: int, world: int, shuffle: bool) -> list[int]:
+    """This rank's indices for an epoch: a (seed, epoch)-seeded permutation, padded to a multiple of the world
+    size by wrapping, then strided by rank, like torch's DistributedSampler."""
+    if shuffle:
+        order = torch.randperm(length, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+    else:
+        order = list(range(length))
+    padded = order + order[: (-len(order)) % world]
+    return padded[rank::world]

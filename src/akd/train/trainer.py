@@ -20,6 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
+from akd.data.preprocessing import Preprocessing, SampleDataset, collate, transforms_for
+from akd.data.sources import data_summary, discover
 from akd.models.surrogate import (
     TRAIN_STATE_PREFIX,
     Surrogate,
@@ -27,10 +29,9 @@ from akd.models.surrogate import (
     read_checkpoint,
     save_checkpoint,
 )
-from akd.models.teachers import Preprocessing, Teacher, load_teacher, teacher_init_state
+from akd.models.teachers import Teacher, load_teacher, teacher_init_state
 from akd.train import losses
-from akd.train.data import DistillationDataset, collate, data_summary, discover, shard_indices, transforms_for
-from akd.train.distributed import all_reduce_sum, barrier, init_distributed
+from akd.train.distributed import all_reduce_sum, barrier, init_distributed, shard_indices
 from akd.train.recipes import STAGES, learning_rate
 from akd.util import AkdError
 
@@ -297,7 +298,7 @@ class Trainer:
                   f"data {data_summary(self.train_set)}, world size {env.world}, device {self.device}",
                   file=sys.stderr)
         completed, optim_state, progress = self._resume_point()
-        dataset = DistillationDataset(self.train_set.samples, transforms_for(self.teacher.preprocessing, True),
+        dataset = SampleDataset(self.train_set.samples, transforms_for(self.teacher.preprocessing, True),
                                       options.seed)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
         if progress.get("scaler") and scaler.is_enabled():  # its state dict: update() before scale() raises
@@ -395,7 +396,7 @@ class Trainer:
         """Student-target agreement, both top-1 accuracies (when labeled) and mean saliency on --val."""
         was_training = [m.training for m in self.surrogate.modules()]
         self.surrogate.eval()
-        dataset = DistillationDataset(self.val_set.samples, transforms_for(self.teacher.preprocessing, False))
+        dataset = SampleDataset(self.val_set.samples, transforms_for(self.teacher.preprocessing, False))
         loader = torch.utils.data.DataLoader(dataset, batch_size=self.options.recipe["batch_size"],
                                              num_workers=self.options.workers, collate_fn=collate)
         agree = teacher_correct = student_correct = labeled = seen = saliency_sum = 0.0

@@ -1,4 +1,4 @@
-"""Training data sources, all reduced to a list of ``Sample(path, label, frame)``.
+"""Where images come from, all reduced to a list of ``Sample(path, label, frame)``.
 
 Layouts recognised under ``--data DIR`` (first match wins): CUB-200-2011, FGVC-Aircraft, Stanford Cars, the
 ImageNet sample layout (``<wnid>_<name>.JPEG``, label = wnid's ImageNet index), ImageFolder (one folder per
@@ -115,7 +115,7 @@ def video_samples(path: Path, stride: int) -> list[Sample]:
 
 def folder_samples(root: Path, video_stride: int) -> SampleSet:
     """ImageNet-sample, ImageFolder or flat layouts, decided by what the folder holds."""
-    from akd.models.imagenet import imagenet_class_names, imagenet_wnids
+    from akd.data.imagenet import imagenet_class_names, imagenet_wnids
 
     files = sorted(p for p in root.iterdir() if p.is_file())
     images = [p for p in files if _is_image(p)]
@@ -204,60 +204,13 @@ def read_rgb(sample: Sample) -> Image.Image | None:
         return None
 
 
-class DistillationDataset(torch.utils.data.Dataset):
-    """Samples -> (image tensor, label). Augmentation is seeded by (seed, epoch, index), so a resumed run and
-    any number of loader workers see exactly the same pixels as an uninterrupted one."""
-
-    def __init__(self, samples: list[Sample], transform, seed: int = 0):
-        self.samples, self.transform, self.seed = samples, transform, seed
-        self.epoch = 0
-
-    def __len__(self) -> int:
-        return len(self.samples)
-
-    def __getitem__(self, index: int):
-        image = read_rgb(self.samples[index])
-        if image is None:
-            return None
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63))
-            tensor = self.transform(image)
-        return tensor, self.samples[index].label
-
-
-def collate(batch):
-    """Drop samples that failed to decode; report how many were dropped."""
-    kept = [item for item in batch if item is not None]
-    if not kept:
-        return None, None, len(batch)
-    images = torch.stack([image for image, _ in kept])
-    labels = torch.tensor([label for _, label in kept], dtype=torch.long)
-    return images, labels, len(batch) - len(kept)
-
-
-def transforms_for(preprocessing, train: bool):
-    from torchvision import transforms as T
-
-    size = preprocessing.input_size
-    normalize = [T.ToTensor(), T.Normalize(preprocessing.mean, preprocessing.std)]
-    if train:
-        return T.Compose([T.RandomResizedCrop(size, scale=(0.25, 1.0)), T.RandomHorizontalFlip(), *normalize])
-    return T.Compose([T.Resize(int(round(size / preprocessing.crop_pct))), T.CenterCrop(size), *normalize])
-
-
-def shard_indices(length: int, epoch: int, seed: int, rank: int, world: int, shuffle: bool) -> list[int]:
-    """This rank's indices for an epoch: a (seed, epoch)-seeded permutation, padded to a multiple of the world
-    size by wrapping, then strided by rank, like torch's DistributedSampler."""
-    if shuffle:
-        order = torch.randperm(length, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
-    else:
-        order = list(range(length))
-    padded = order + order[: (-len(order)) % world]
-    return padded[rank::world]
+def sampled(samples: list, seed: int) -> list:
+    """A deterministic shuffle of the samples (same list, same seed -> same order)."""
+    order = torch.randperm(len(samples), generator=torch.Generator().manual_seed(seed)).tolist()
+    return [samples[i] for i in order]
 
 
 def data_summary(found: SampleSet) -> str:
     labels = "unlabeled" if found.classes is None else f"{len(found.classes)} classes"
     skipped = f", {found.skipped} skipped" if found.skipped else ""
     return f"{len(found.samples)} samples ({found.layout}, {labels}{skipped})"
-

@@ -25,7 +25,9 @@ from typing import Any
 
 import numpy as np
 
-from akd.export.parity import compare, images_of, sampled, to_input
+from akd.data.preprocessing import images_of
+from akd.data.sources import sampled
+from akd.export.parity import compare, to_input
 from akd.util import AkdError
 
 log = logging.getLogger(__name__)
@@ -51,7 +53,7 @@ def float_nodes(fp32_path: str) -> list[str]:
             if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
 CACHE_FORMAT = 2  # bump when what the calibrator records changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
-SHIPPED_RANGES = "data/efficientnet_lite0_surrogate.int8-ranges.json"  # inside the akd package
+SHIPPED_RANGES = "assets/efficientnet_lite0_surrogate.int8-ranges.json"  # inside the akd package
 
 
 @dataclass
@@ -83,7 +85,7 @@ def calibration_data(data: str, num_images: int, seed: int = 0) -> CalibrationDa
     """A seeded shuffle: up to ``num_images`` calibrate, and up to 128 of the rest are held out for drift. At least
     a fifth of a small folder (8 images or more) is always held out, so drift is judged on images like the
     user's; only a folder under 16 images leaves none (drift is then judged on the fallback photos)."""
-    from akd.train.data import discover
+    from akd.data.sources import discover
 
     found = discover(data, "train")
     ordered = sampled(found.samples, seed)
@@ -103,8 +105,7 @@ class ImageCalibrationReader:
     ``set_range`` so histogram calibrators can be fed in strides."""
 
     def __init__(self, samples: list, config: dict[str, Any], input_format: str):
-        from akd.models.teachers import Preprocessing
-        from akd.train.data import transforms_for
+        from akd.data.preprocessing import Preprocessing, transforms_for
 
         self.transform = transforms_for(Preprocessing.from_config(config), train=False)
         self.samples, self.config, self.input_format = samples, config, input_format
@@ -121,7 +122,7 @@ class ImageCalibrationReader:
         self.position = self.start
 
     def get_next(self) -> dict[str, np.ndarray] | None:
-        from akd.train.data import read_rgb
+        from akd.data.sources import read_rgb
 
         while self.position < self.end:
             sample = self.samples[self.position]
@@ -319,7 +320,8 @@ def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: s
     """fp32 vs int8 on images the calibration never saw: the held-out part of the calibration folder, or, when
     fewer than 8 are left over, real photos from ``fallback`` (default: the bundled sample photos).
     Reports saliency Pearson, IoU of the top-20% regions, class agreement and the single ``drift`` figure."""
-    from akd.export.parity import real_images, run_onnx
+    from akd.data.preprocessing import real_images
+    from akd.export.parity import run_onnx
 
     heldout = len(data.heldout) >= 8
     images = images_of(data.heldout, config) if heldout else real_images(config, fallback, 128)
