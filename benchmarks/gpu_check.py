@@ -46,9 +46,9 @@ def main() -> int:
     print(f"GPU: {torch.cuda.get_device_name()}, torch {torch.__version__}, CUDA {torch.version.cuda}")
 
     batch = np.random.default_rng(0).normal(size=(8, 3, 224, 224)).astype(np.float32)
-    reference = OnnxRuntimeRunner(str(onnx_path), device="cpu").infer(batch)
+    reference = OnnxRuntimeRunner(str(onnx_path), device="cpu").infer(batch).outputs
     for name, options in (("fp32", {}), ("fp16", {"fp16": True}), ("fp16+graphs", {"fp16": True, "cuda_graphs": True})):
-        got = TorchRunner(str(checkpoint), "cuda", max_batch=8, **options).infer(batch)
+        got = TorchRunner(str(checkpoint), "cuda", max_batch=8, **options).infer(batch).outputs
         error = float(np.abs(got["saliency"] - reference["saliency"]).max())
         agree = float((got["class_id"] == reference["class_id"]).mean())
         print(f"check {name:12s}: saliency max |diff| vs CPU onnxruntime {error:.5f}, class agreement {agree:.2f}")
@@ -64,7 +64,7 @@ def main() -> int:
                 for _ in runner.run(feeds * 8):
                     images += size
             rate = images / (time.perf_counter() - started)
-            stages = ", ".join(f"{k} {v:.3f} ms" for k, v in runner.pipeline.last_stage_ms.items())
+            stages = ", ".join(f"{k} {v:.3f} ms" for k, v in runner.infer(feeds[0]).stage_ms.items())
             print(f"batch {size:2d}, {slots} slot(s), fp16 + CUDA graphs: {rate:9.1f} images/s ({stages})")
     return 0
 

@@ -16,6 +16,7 @@ import pytest
 import torch
 from onnx import numpy_helper
 
+from akd.runtime.backends import Runner
 from akd.util import AkdError
 
 
@@ -223,20 +224,20 @@ def test_non_finite_calibration_ranges_are_never_cached(tmp_path):
     assert cache.exists()
 
 
-class _InterruptingRunner:
+class _InterruptingRunner(Runner):
     """Wraps a runner and raises KeyboardInterrupt on its N-th call, like Ctrl-C mid-video."""
 
     def __init__(self, runner, after: int):
         self.runner, self.after, self.calls = runner, after, 0
-        self.info, self.last_stage_ms = runner.info, {}
+        self.info = runner.info
 
-    def infer(self, batch):
+    def _infer(self, batch):
         self.calls += 1
         if self.calls > self.after:
             raise KeyboardInterrupt
-        return self.runner.infer(batch)
+        return tuple(self.runner.infer(batch))
 
-    def close(self):
+    def _release(self):
         self.runner.close()
 
 

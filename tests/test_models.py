@@ -175,3 +175,24 @@ def test_cam_explainer_starts_from_the_cam_ranking_and_exports(tmp_path):
         torch_saliency, torch_logits = surrogate(other)
     np.testing.assert_allclose(onnx_saliency, torch_saliency.numpy(), atol=1e-5)
     np.testing.assert_allclose(onnx_logits, torch_logits.numpy(), atol=1e-4)
+
+
+def test_registered_students_and_targets_are_one_function_away(tiny_net):
+    """Adding a student or a target: one registered function; build_student/load_teacher then know it by name."""
+    from akd.data.preprocessing import Preprocessing
+    from akd.models import students, teachers
+    from akd.util import AkdError
+
+    students.register_student("tiny_cbam")(lambda classes, init: build_student("resnet18_cbam", classes, init))
+    teachers.register_builtin_target("tiny")(lambda: teachers.teacher_from_module(tiny_net, Preprocessing(32)))
+    try:
+        assert build_student("tiny_cbam", 7).tap_channels == build_student("resnet18_cbam", 7).tap_channels
+        teacher = teachers.load_teacher("tiny")
+        assert teacher.identity["kind"] == "module" and teacher.preprocessing.input_size == 32
+        assert teacher(torch.zeros(2, 3, 32, 32)).shape == (2, teacher.num_classes)
+        with pytest.raises(AkdError, match="unknown student 'nope'.*tiny_cbam"):
+            build_student("nope", 3)
+    finally:
+        del students.STUDENTS["tiny_cbam"], teachers.BUILTIN_TARGETS["tiny"]
+    with pytest.raises(AkdError, match="unknown target 'tiny'"):
+        teachers.load_teacher("tiny")

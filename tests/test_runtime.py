@@ -6,24 +6,23 @@ import numpy as np
 import pytest
 
 from akd.runtime import SaliencyEngine
-from akd.runtime.backends import ModelInfo
+from akd.runtime.backends import ModelInfo, Runner
 from akd.runtime.geometry import place, to_frame, to_model
 from akd.util import AkdError
 
 from conftest import tiny_surrogate_config
 
 
-class BrightnessRunner:
+class BrightnessRunner(Runner):
     """A fake backend: saliency = normalised brightness of the model input, class = 0. Lets geometry be tested
-    independently of any network."""
+    independently of any network (the base class's lifecycle and input checks are real)."""
 
     def __init__(self, size=64, input_format="float-nchw", max_batch=32):
         config = tiny_surrogate_config(size=size)
         self.info = ModelInfo(config, input_format, max_batch, "fp32", "fake")
-        self.last_stage_ms = {}
         self.calls = []
 
-    def infer(self, batch):
+    def _infer(self, batch):
         self.calls.append(len(batch))
         if self.info.input_format == "uint8-nhwc":
             brightness = batch.astype(np.float32).mean(axis=3) / 255.0
@@ -31,10 +30,7 @@ class BrightnessRunner:
             brightness = (batch * 0.25 + 0.5).mean(axis=1)
         n = len(batch)
         return {"saliency": brightness[:, None].astype(np.float32), "logits": np.zeros((n, 10), np.float32),
-                "class_id": np.zeros(n, np.int32), "score": np.ones(n, np.float32)}
-
-    def close(self):
-        pass
+                "class_id": np.zeros(n, np.int32), "score": np.ones(n, np.float32)}, {"compute": 0.0}
 
 
 def _corner_frame(h=240, w=400, corner="top-right"):
@@ -210,9 +206,9 @@ def test_live_source_drops_oldest_frames():
     from akd.runtime.video import Source, explain_stream
 
     class SlowRunner(BrightnessRunner):
-        def infer(self, batch):
+        def _infer(self, batch):
             time.sleep(0.02)
-            return super().infer(batch)
+            return super()._infer(batch)
 
     frames = ((i, np.full((32, 32, 3), i % 255, np.uint8)) for i in range(300))
     source = Source("live", frames, 30.0, live=True)
@@ -325,7 +321,9 @@ def test_slot_pipeline_keeps_order_and_bounds_in_flight():
     assert api.max_in_flight == 2
     for batch, result in zip(batches, results, strict=True):
         np.testing.assert_array_equal(result["y"], 2 * batch)
-    np.testing.assert_array_equal(pipeline.infer(batches[3])["y"], 2 * batches[3])
+    outputs, stage_ms = pipeline.infer(batches[3])
+    np.testing.assert_array_equal(outputs["y"], 2 * batches[3])
+    assert set(stage_ms) == {"h2d", "compute", "d2h"}
 
 
 cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")
@@ -449,3 +447,58 @@ def test_http_stream_through_opencv_and_the_pyav_fallback(tmp_path, monkeypatch)
         assert len(frames) == 6 and frames[0].shape == (120, 160, 3)
     finally:
         server.shutdown()
+
+
+def test_runner_lifecycle_input_check_and_per_call_timings(tmp_path):
+    """Polygraphy's habits: inputs checked against the model's metadata, stage times returned per call (two
+    threads on one engine never see each other's), and a closed runner refuses with one line."""
+    import threading
+
+    runner = BrightnessRunner(size=32, max_batch=4)
+    with pytest.raises(AkdError, match=r"expected a batch of float32 \(N, 3, 32, 32\)"):
+        runner.infer(np.zeros((1, 3, 16, 16), np.float32))
+    with pytest.raises(AkdError, match="expected a batch of float32"):
+        runner.infer(np.zeros((1, 3, 32, 32), np.float64))
+    with pytest.raises(AkdError, match="a batch of 5 images; this model takes 1 to 4"):
+        runner.infer(np.zeros((5, 3, 32, 32), np.float32))
+    outputs, stage_ms = runner.infer(np.zeros((2, 3, 32, 32), np.float32))
+    assert outputs["saliency"].shape == (2, 1, 32, 32) and stage_ms == {"compute": 0.0}
+
+    engine = SaliencyEngine(runner)
+    seen: list[dict] = []
+
+    def worker():
+        for _ in range(20):
+            result = engine.explain(np.zeros((20, 30, 3), np.uint8))
+            seen.append(result.stage_ms)
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert len(seen) == 80 and all({"preprocess", "compute", "postprocess"} <= set(s) for s in seen)
+    assert len({id(s) for s in seen}) == 80  # each call its own timings, never a shared dict
+    with engine:
+        pass
+    assert not runner.active
+    with pytest.raises(AkdError, match="this runner was closed"):
+        engine.explain(np.zeros((20, 30, 3), np.uint8))
+    runner.close()  # closing twice is harmless
+
+
+def test_a_registered_backend_is_picked_by_suffix(tmp_path):
+    from akd.runtime.backends import BACKEND_LOADERS, BACKEND_SUFFIXES, open_runner, register_backend
+
+    register_backend("brightness", (".bright",))(lambda path, device, **options: BrightnessRunner(**options))
+    try:
+        model = tmp_path / "m.bright"
+        model.write_bytes(b"")
+        runner = open_runner(str(model), max_batch=2)
+        assert isinstance(runner, BrightnessRunner) and runner.info.max_batch == 2
+        with pytest.raises(AkdError, match="needs the brightness backend"):
+            open_runner(str(model), backend="onnxruntime")
+    finally:
+        del BACKEND_LOADERS["brightness"], BACKEND_SUFFIXES[".bright"]
+    with pytest.raises(AkdError, match=r"unknown model type \(expected .engine, .onnx, .plan, .safetensors\)"):
+        open_runner(str(tmp_path / "m.bright"))

@@ -111,7 +111,7 @@ def test_real_server_matches_the_local_graph(served):
         assert remote.info.max_batch == 8 and remote.info.execution_path == "Triton server (python)"
         assert remote.info.precision == local.info.precision == "fp32"
         served_results, local_results = remote.explain(frames), local.explain(frames)
-        raw = remote.runner.infer(remote.preprocess(frames[:3])[0])
+        raw = remote.runner.infer(remote.preprocess(frames[:3])[0]).outputs
     assert raw["saliency"].shape == (3, 1, 64, 64) and raw["logits"].shape == (3, 10)
     assert raw["class_id"].shape == (3,) and raw["class_id"].dtype == np.int32 and raw["score"].shape == (3,)
     assert len({r.class_id for r in local_results}) >= 2  # class equality below is not vacuous

@@ -74,9 +74,9 @@ def profile(engine, batches: list[int], warmup: int, iters: int, frame_size: tup
         latencies, stages = [], []
         for _ in range(iters):
             started = time.perf_counter()
-            engine.explain(frames)
+            results = engine.explain(frames)
             latencies.append((time.perf_counter() - started) * 1e3)
-            stages.append(dict(engine.stage_ms))
+            stages.append(results[0].stage_ms)
         keys = sorted({k for s in stages for k in s})
         rows.append({
             "batch": batch, "fps": batch * 1e3 / float(np.mean(latencies)),

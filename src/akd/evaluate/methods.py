@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from akd import contract
 from akd.models.teachers import Teacher
 from akd.util import AkdError
 
@@ -200,14 +201,12 @@ class LimeMethod(SaliencyMethod):
     def __init__(self, teacher: Teacher, samples: int = 1000, batch_size: int = 50, seed: int = 0):
         self.lime_image = _require("lime.lime_image", "lime")
         self.teacher, self.samples, self.batch_size, self.seed = teacher, samples, batch_size, seed
-        pre = teacher.preprocessing
-        self.mean = torch.tensor(pre.mean).view(1, 3, 1, 1)
-        self.std = torch.tensor(pre.std).view(1, 3, 1, 1)
+        self.preprocessing = teacher.preprocessing
 
     @torch.no_grad()
     def _probabilities(self, images: np.ndarray) -> np.ndarray:
-        batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
-        return F.softmax(self.teacher((batch - self.mean) / self.std).float(), dim=1).numpy()
+        batch = torch.from_numpy(contract.normalise(images, self.preprocessing.mean, self.preprocessing.std))
+        return F.softmax(self.teacher(batch).float(), dim=1).numpy()
 
     def explain(self, image: EvalImage) -> np.ndarray:
         import contextlib

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from akd import contract
 from akd.evaluate import metrics
 from akd.evaluate.methods import METHOD_BUILDERS, METHODS, EvalImage, SaliencyMethod
 from akd.models.teachers import Teacher
@@ -64,7 +65,6 @@ def load_images(teacher: Teacher, data: str, limit: int | None, seed: int) -> tu
     if not found.samples:
         raise AkdError(f"{data}: no images found")
     pre = teacher.preprocessing
-    mean, std = torch.tensor(pre.mean).view(1, 3, 1, 1), torch.tensor(pre.std).view(1, 3, 1, 1)
     images, skipped = [], found.skipped
     for sample in sampled(found.samples, seed):
         if limit is not None and len(images) >= limit:
@@ -75,7 +75,7 @@ def load_images(teacher: Teacher, data: str, limit: int | None, seed: int) -> tu
             continue
         rgb = TF.center_crop(TF.resize(rgb, int(round(pre.input_size / pre.crop_pct))), pre.input_size)
         pixels = np.asarray(rgb, dtype=np.uint8)
-        tensor = (torch.from_numpy(pixels.copy()).permute(2, 0, 1)[None].float() / 255.0 - mean) / std
+        tensor = torch.from_numpy(contract.normalise(pixels[None], pre.mean, pre.std))
         with torch.no_grad():
             class_id = int(teacher(tensor).argmax(1)[0])
         name = Path(sample.path).stem + (f"@{sample.frame}" if sample.frame is not None else "")
@@ -200,7 +200,7 @@ def _score(method: SaliencyMethod, image: EvalImage, teacher: Teacher, options: 
     started = time.perf_counter()
     saliency = method.explain(image)
     seconds = time.perf_counter() - started
-    row: dict[str, Any] = {"image": image.name, "class_id": image.class_id, "seconds": seconds,
+    row: dict[str, Any] = {"image": image.name, "target_class": image.class_id, "seconds": seconds,
                            "intensity": metrics.intensity(saliency)}
     curves = {mode: metrics.causal_curve(teacher, image.tensor, saliency, mode, options.step, options.batch_size,
                                          image.class_id) for mode in metrics.MODES}

@@ -25,9 +25,10 @@ from typing import Any
 
 import numpy as np
 
+from akd.contract import INPUT, to_input
 from akd.data.preprocessing import images_of
 from akd.data.sources import sampled
-from akd.export.parity import compare, to_input
+from akd.export.parity import compare
 from akd.util import AkdError
 
 log = logging.getLogger(__name__)
@@ -132,7 +133,7 @@ class ImageCalibrationReader:
                 self.skipped += 1
                 continue
             tensor = self.transform(image).numpy()[None]
-            return {"images": to_input(tensor, self.config, self.input_format)}
+            return {INPUT: to_input(tensor, self.config, self.input_format)}
         return None
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from akd import contract
 from akd.data.preprocessing import images_of, real_images
 from akd.export import parity
 from akd.export.calibration import DEFAULT_MAX_DRIFT
@@ -116,6 +117,9 @@ def _target_module(config: dict[str, Any]):
     identity = config["target"]
     if identity.get("kind") == "onnx":
         raise AkdError("--include-target needs a torch target; this surrogate was distilled from an ONNX black box")
+    if identity.get("kind") == "module":
+        raise AkdError("--include-target cannot re-create a target that was distilled from an in-memory module; "
+                       "distil from a torchvision/timm name or file to fuse it")
     if identity.get("kind") == "torchscript":
         raise AkdError("--include-target cannot trace a TorchScript target into the graph; distil from the "
                        "torchvision/timm name (with --teacher-weights) to fuse it")
@@ -130,23 +134,9 @@ def export(options: ExportOptions) -> list[Path]:
     """Run ``akd-export``; returns the paths written."""
     from akd.models.surrogate import load_surrogate
 
-    if options.precision not in PRECISIONS:
-        raise AkdError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{options.precision}'")
-    if options.format not in FORMATS:
-        raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
-    if options.precision == "int8" and not options.calib_data:  # only the shipped surrogate's ranges ship
-        from akd.export.calibration import shipped_ranges
-
-        shipped_ranges(sha256_file(options.checkpoint))
-    if options.format == "triton" and not options.out:
-        raise AkdError("--format triton needs --out REPO (the model repository folder)")
-    wants_engine = options.wants_engine
-    if wants_engine:
-        from akd.export.tensorrt import require_tensorrt
-
-        require_tensorrt()  # before any work: without TensorRT nothing is written
+    _check_before_work(options)
     onnx_path, engine_path = output_paths(options)
-    planned = [onnx_path] + ([engine_path, engine_path.with_suffix(".engine.json")] if wants_engine else [])
+    planned = [onnx_path] + ([engine_path, engine_path.with_suffix(".engine.json")] if options.wants_engine else [])
     serving = serving_files(options, onnx_path)
     refuse_overwrite(planned + list(serving), options.force)
 
@@ -157,33 +147,13 @@ def export(options: ExportOptions) -> list[Path]:
         triton_text = triton_config(config, options.input_format, options.triton.platform, options.triton,
                                     options.precision)
         validate_triton_config(triton_text)
-    source_sha = sha256_file(options.checkpoint)
     target = _target_module(config) if options.include_target else None
     reference = DeployableSurrogate(surrogate, options.input_format, target).eval()
-    extra = {"include_target": options.include_target}
-    fp32 = export_onnx(reference, config, options.input_format,
-                       artifact_metadata(config, source_sha, "fp32", options.input_format, **extra))
-    report: dict[str, Any] = {}
-    images = parity.parity_images(config, options.parity_data) if options.verify else None
-    if images is not None:
-        report["fp32"] = _verify_against_torch(reference, fp32, config, options, "fp32", images)
-    if options.precision == "fp32":
-        model = fp32
-    elif options.precision == "fp16":
-        model = export_onnx(reference, config, options.input_format,
-                            artifact_metadata(config, source_sha, "fp16", options.input_format, **extra), fp16=True)
-        if images is not None:
-            report["fp16"] = _verify_against_torch(reference, model, config, options, "fp16", images)
-    else:
-        flavour = options.int8_target or ("tensorrt" if wants_engine else "cpu")
-        model, report["int8"] = calibrate(fp32, config, options.input_format, options.calib_data, flavour,
-                                          options.calibration_method, options.num_images, options.max_drift,
-                                          options.cache_dir, verify=options.verify,
-                                          fallback_data=options.parity_data)
+    model, report = _graph_at_precision(reference, config, options)
     save_model(model, onnx_path)
     written = [onnx_path]
     _print_report(report)
-    if wants_engine:
+    if options.wants_engine:
         from akd.export.tensorrt import build_engine
 
         written += build_engine(onnx_path, engine_path, replace(
@@ -195,6 +165,50 @@ def export(options: ExportOptions) -> list[Path]:
             tmp.write_text(text)
         written.append(path)
     return written
+
+
+def _check_before_work(options: ExportOptions) -> None:
+    """Everything that can refuse the export without loading a model: one line, before any work."""
+    if options.precision not in PRECISIONS:
+        raise AkdError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{options.precision}'")
+    if options.format not in FORMATS:
+        raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
+    if options.precision == "int8" and not options.calib_data:  # only the shipped surrogate's ranges ship
+        from akd.export.calibration import shipped_ranges
+
+        shipped_ranges(sha256_file(options.checkpoint))
+    if options.format == "triton" and not options.out:
+        raise AkdError("--format triton needs --out REPO (the model repository folder)")
+    if options.wants_engine:
+        from akd.export.tensorrt import require_tensorrt
+
+        require_tensorrt()  # without TensorRT nothing is written
+
+
+def _graph_at_precision(reference: DeployableSurrogate, config: dict[str, Any], options: ExportOptions):
+    """(the graph at ``options.precision``, its parity/drift report): fp32 exported and checked first, then
+    fp16 traced again or int8 quantized from it."""
+    source_sha = sha256_file(options.checkpoint)
+    extra = {"include_target": options.include_target}
+    fp32 = export_onnx(reference, config, options.input_format,
+                       artifact_metadata(config, source_sha, "fp32", options.input_format, **extra))
+    report: dict[str, Any] = {}
+    images = parity.parity_images(config, options.parity_data) if options.verify else None
+    if images is not None:
+        report["fp32"] = _verify_against_torch(reference, fp32, config, options, "fp32", images)
+    if options.precision == "fp32":
+        return fp32, report
+    if options.precision == "fp16":
+        model = export_onnx(reference, config, options.input_format,
+                            artifact_metadata(config, source_sha, "fp16", options.input_format, **extra), fp16=True)
+        if images is not None:
+            report["fp16"] = _verify_against_torch(reference, model, config, options, "fp16", images)
+        return model, report
+    flavour = options.int8_target or ("tensorrt" if options.wants_engine else "cpu")
+    model, report["int8"] = calibrate(fp32, config, options.input_format, options.calib_data, flavour,
+                                      options.calibration_method, options.num_images, options.max_drift,
+                                      options.cache_dir, verify=options.verify, fallback_data=options.parity_data)
+    return model, report
 
 
 def serving_files(options: ExportOptions, onnx_path: Path) -> list[Path]:
@@ -225,7 +239,7 @@ def serving_texts(options: ExportOptions, paths: list[Path], metadata: dict[str,
 
 def _verify_against_torch(reference, model, config, options: ExportOptions, precision: str,
                           images: parity.ParityImages) -> dict[str, float]:
-    inputs = parity.to_input(images.images, config, options.input_format)
+    inputs = contract.to_input(images.images, config, options.input_format)
     metrics = parity.compare(parity.run_torch(reference, inputs), parity.run_onnx(model.SerializeToString(), inputs),
                              images.real)
     parity.gate(metrics, precision, f"{options.checkpoint}")
@@ -242,10 +256,10 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str |
     from akd.export.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize, shipped_ranges
 
     data_set = (calibration_data(data, num_images) if data else
-                shipped_ranges(read_metadata(fp32_model).get("akd_source_sha256")))
+                shipped_ranges(read_metadata(fp32_model).get(contract.SOURCE_SHA256_KEY)))
     probe_images = (images_of(data_set.samples[:2], config) if data_set.samples else
                     real_images(config, fallback_data, 2))
-    probe = parity.run_onnx(fp32_model.SerializeToString(), parity.to_input(probe_images, config, input_format))
+    probe = parity.run_onnx(fp32_model.SerializeToString(), contract.to_input(probe_images, config, input_format))
     if not all(np.isfinite(values).all() for values in probe.values()):  # before onnxruntime's calibrator trips on it
         raise AkdError("the fp32 graph computes NaN or infinity on the calibration images (corrupt weights?); "
                        "nothing calibrated, cached or written")
@@ -256,11 +270,12 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str |
                         Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR)
         int8 = onnx.load_model(str(int8_path))
     metadata = read_metadata(fp32_model)
-    metadata.update({"akd_precision": "int8", "akd_int8_flavour": flavour, "akd_calibration": json.dumps(info)})
+    metadata.update({contract.PRECISION_KEY: "int8", contract.INT8_FLAVOUR_KEY: flavour,
+                     contract.CALIBRATION_KEY: json.dumps(info)})
     if verify:
         drift = drift_report(fp32_model.SerializeToString(), int8.SerializeToString(), config, input_format, data_set,
                              fallback_data, flavour)
-        metadata["akd_drift"] = json.dumps(drift)
+        metadata[contract.DRIFT_KEY] = json.dumps(drift)
         info["drift"] = drift
         # the default gate is the int8 parity limits; a --max-drift above the default knowingly loosens them
         failed = parity.failures(drift, "int8") if max_drift <= DEFAULT_MAX_DRIFT else []
@@ -288,16 +303,16 @@ def calibrate_file(model_path: str, data: str | None, out: str, flavour: str, me
     except Exception as exc:  # noqa: BLE001 - protobuf decode errors
         raise AkdError(f"{model_path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
     metadata = read_metadata(model)
-    if "akd_config" not in metadata:
+    if contract.CONFIG_KEY not in metadata:
         raise AkdError(f"{model_path}: not an akd graph (no akd_config in its metadata); export it with akd-export")
-    if metadata.get("akd_precision") != "fp32":
-        raise AkdError(f"{model_path}: calibrate the fp32 graph, not the {metadata.get('akd_precision')} one")
+    if metadata.get(contract.PRECISION_KEY) != "fp32":
+        raise AkdError(f"{model_path}: calibrate the fp32 graph, not the {metadata.get(contract.PRECISION_KEY)} one")
     refuse_overwrite([Path(out)], force)
-    config = json.loads(metadata["akd_config"])
-    int8, info = calibrate(model, config, metadata["akd_input_format"], data, flavour, method, num_images,
+    config = contract.config_of(metadata)
+    int8, info = calibrate(model, config, metadata[contract.INPUT_FORMAT_KEY], data, flavour, method, num_images,
                            max_drift, cache_dir)
     metadata_sha = sha256_file(str(path))
-    set_metadata(int8, {"akd_fp32_sha256": metadata_sha})  # akd_source_sha256 stays the checkpoint's
+    set_metadata(int8, {contract.FP32_SHA256_KEY: metadata_sha})  # akd_source_sha256 stays the checkpoint's
     save_model(int8, out)
     _print_report({"int8": info}, "akd-calibrate")
     return info

@@ -1,10 +1,5 @@
-"""The fused ONNX graph: student + explainer (+ optionally the target) behind the DESIGN.md contract.
-
-Input ``images``: (N,3,H,W) float32 normalised, or (N,H,W,3) uint8 RGB at model resolution when preprocessing is
-fused (``uint8-nhwc``: the graph casts, scales and normalises; no resize). Outputs ``saliency`` (N,1,H,W) float32
-in [0,1], ``logits`` (N,C) float32, ``class_id`` (N) int32, ``score`` (N) float32 (softmax probability of
-class_id). The batch dimension is dynamic; the surrogate's JSON config travels in ``metadata_props``.
-"""
+"""The fused ONNX graph: student + explainer (+ optionally the target) behind the graph contract
+(``akd.contract``: names, dtypes, metadata keys, normalisation). The batch dimension is dynamic."""
 
 from __future__ import annotations
 
@@ -17,11 +12,9 @@ import torch
 from torch import nn
 
 import akd
+from akd import contract
+from akd.contract import INPUT_FORMATS, OPSET
 from akd.util import AkdError, atomic_path, check_writable
-
-INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
-OUTPUT_NAMES = ["saliency", "logits", "class_id", "score"]
-OPSET = 17
 
 
 class DeployableSurrogate(nn.Module):
@@ -33,12 +26,13 @@ class DeployableSurrogate(nn.Module):
             raise AkdError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, not '{input_format}'")
         preprocessing = surrogate.config["preprocessing"]
         self.surrogate, self.target, self.input_format = surrogate, target, input_format
-        self.register_buffer("mean", torch.tensor(preprocessing["mean"]).view(1, 3, 1, 1) * 255.0)
-        self.register_buffer("inv_std", 1.0 / (torch.tensor(preprocessing["std"]).view(1, 3, 1, 1) * 255.0))
+        scale, offset = contract.normalisation(preprocessing["mean"], preprocessing["std"])
+        self.register_buffer("scale", torch.from_numpy(scale))
+        self.register_buffer("offset", torch.from_numpy(offset))
 
     def forward(self, images: torch.Tensor):
         if self.input_format == "uint8-nhwc":
-            images = (images.permute(0, 3, 1, 2).float() - self.mean) * self.inv_std
+            images = images.permute(0, 3, 1, 2).float() * self.scale - self.offset
         saliency, logits = self.surrogate(images)
         deciding = self.target(images) if self.target is not None else logits
         score, class_id = torch.softmax(deciding.float(), dim=1).max(dim=1)
@@ -55,8 +49,9 @@ def example_input(config: dict[str, Any], input_format: str, batch: int = 2) -> 
 def artifact_metadata(config: dict[str, Any], source_sha256: str, precision: str, input_format: str,
                       **extra: Any) -> dict[str, str]:
     """What every akd artifact records: the surrogate config, akd version, source hash, precision, input format."""
-    metadata = {"akd_config": json.dumps(config), "akd_version": akd.__version__, "akd_source_sha256": source_sha256,
-                "akd_precision": precision, "akd_input_format": input_format}
+    metadata = {contract.CONFIG_KEY: json.dumps(config), contract.VERSION_KEY: akd.__version__,
+                contract.SOURCE_SHA256_KEY: source_sha256, contract.PRECISION_KEY: precision,
+                contract.INPUT_FORMAT_KEY: input_format}
     metadata.update({f"akd_{k}": v if isinstance(v, str) else json.dumps(v) for k, v in extra.items()})
     return metadata
 
@@ -117,8 +112,9 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
     batch_axis = {0: "batch"}
     precision = torch.autocast("cpu", dtype=torch.float16) if fp16 else contextlib.nullcontext()
     with torch.no_grad(), precision:
-        torch.onnx.export(module.eval(), (sample,), buffer, input_names=["images"], output_names=OUTPUT_NAMES,
-                          dynamic_axes={name: batch_axis for name in ["images", *OUTPUT_NAMES]},
+        torch.onnx.export(module.eval(), (sample,), buffer, input_names=[contract.INPUT],
+                          output_names=list(contract.OUTPUTS),
+                          dynamic_axes={name: batch_axis for name in (contract.INPUT, *contract.OUTPUTS)},
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
     model = onnx.load_from_string(buffer.getvalue())
     set_metadata(model, metadata)

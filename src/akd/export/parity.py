@@ -11,6 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from akd.contract import CLASS_ID, INPUT, OUTPUTS, SALIENCY
 from akd.data.preprocessing import real_images
 from akd.util import AkdError
 
@@ -57,24 +58,14 @@ def parity_images(config: dict, data: str | None = None, real_count: int = 32) -
                         np.concatenate([np.zeros(len(generated), bool), np.ones(len(real), bool)]))
 
 
-def to_input(images: np.ndarray, config: dict, input_format: str) -> np.ndarray:
-    """Normalised float NCHW -> what the graph takes (uint8 NHWC is de-normalised and rounded)."""
-    if input_format == "float-nchw":
-        return images
-    mean = np.asarray(config["preprocessing"]["mean"], np.float32).reshape(1, 3, 1, 1)
-    std = np.asarray(config["preprocessing"]["std"], np.float32).reshape(1, 3, 1, 1)
-    pixels = np.clip(np.rint((images * std + mean) * 255.0), 0, 255).astype(np.uint8)
-    return pixels.transpose(0, 2, 3, 1).copy()
-
-
 def compare(reference: dict[str, np.ndarray], candidate: dict[str, np.ndarray], real: np.ndarray) -> dict[str, float]:
     """Saliency max abs error, mean per-image Pearson r, mean IoU of the top-20% regions; class agreement on
     the real images (all images when none is real)."""
-    ref = reference["saliency"].reshape(len(real), -1).astype(np.float64)
-    cand = candidate["saliency"].reshape(len(real), -1).astype(np.float64)
+    ref = reference[SALIENCY].reshape(len(real), -1).astype(np.float64)
+    cand = candidate[SALIENCY].reshape(len(real), -1).astype(np.float64)
     pearson = [_pearson(a, b) for a, b in zip(ref, cand, strict=True)]
     mask = real if real.any() else np.ones_like(real)
-    agree = reference["class_id"][mask] == candidate["class_id"][mask]
+    agree = reference[CLASS_ID][mask] == candidate[CLASS_ID][mask]
     return {"saliency_max_abs": float(np.abs(ref - cand).max()), "saliency_pearson": float(np.mean(pearson)),
             "top20_iou": float(np.mean([top_iou(a, b) for a, b in zip(ref, cand, strict=True)])),
             "class_agreement": float(agree.mean()), "images": int(len(real)), "real_images": int(mask.sum())}
@@ -125,13 +116,12 @@ def gate(metrics: dict[str, float], precision: str, what: str) -> None:
 
 
 def run_torch(module: torch.nn.Module, inputs: np.ndarray, batch: int = 16) -> dict[str, np.ndarray]:
-    outputs: dict[str, list[np.ndarray]] = {"saliency": [], "class_id": [], "logits": []}
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUTS}
     with torch.no_grad():
         for start in range(0, len(inputs), batch):
-            saliency, logits, class_id, _ = module(torch.from_numpy(inputs[start:start + batch]))
-            outputs["saliency"].append(saliency.numpy())
-            outputs["logits"].append(logits.numpy())
-            outputs["class_id"].append(class_id.numpy())
+            values = module(torch.from_numpy(inputs[start:start + batch]))
+            for name, value in zip(OUTPUTS, values, strict=True):
+                outputs[name].append(value.numpy())
     return {k: np.concatenate(v) for k, v in outputs.items()}
 
 
@@ -149,11 +139,9 @@ def run_onnx(model_bytes_or_path, inputs: np.ndarray, batch: int = 16, simulate_
     if simulate_qdq:
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
     session = ort.InferenceSession(model_bytes_or_path, options, providers=["CPUExecutionProvider"])
-    outputs: dict[str, list[np.ndarray]] = {"saliency": [], "class_id": [], "logits": []}
+    outputs: dict[str, list[np.ndarray]] = {name: [] for name in OUTPUTS}
     for start in range(0, len(inputs), batch):
-        saliency, logits, class_id = session.run(["saliency", "logits", "class_id"],
-                                                 {"images": inputs[start:start + batch]})
-        outputs["saliency"].append(saliency)
-        outputs["logits"].append(logits)
-        outputs["class_id"].append(class_id)
+        values = session.run(list(OUTPUTS), {INPUT: inputs[start:start + batch]})
+        for name, value in zip(OUTPUTS, values, strict=True):
+            outputs[name].append(value)
     return {k: np.concatenate(v) for k, v in outputs.items()}

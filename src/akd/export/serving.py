@@ -1,7 +1,7 @@
 """Serving artifacts generated from an exported graph: a Triton model repository and a DeepStream nvinfer config.
 
-Both are derived from the graph's own metadata (``akd_config``: input size, normalisation, class names;
-``akd_input_format``; ``akd_precision``) so Triton, DeepStream and the Python runtime cannot disagree.
+Both are derived from the graph's own metadata (``akd.contract``: the config with input size, normalisation and
+class names; input format; precision) so Triton, DeepStream and the Python runtime cannot disagree.
 """
 
 from __future__ import annotations
@@ -10,6 +10,9 @@ import json
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from akd import contract
 from akd.util import AkdError
 
 TRITON_PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
@@ -27,13 +30,14 @@ class TritonOptions:
     ort_tensorrt: str | None = None  # onnxruntime's TensorRT accelerator: None | FP32 | FP16 | INT8
 
 
+TRITON_TYPES = {np.dtype(np.float32): "TYPE_FP32", np.dtype(np.int32): "TYPE_INT32", np.dtype(np.uint8): "TYPE_UINT8"}
+
+
 def graph_signature(config: dict[str, Any], input_format: str) -> dict[str, tuple[str, list[int]]]:
-    """Tensor name -> (Triton data type, per-sample dims) of the fused graph (DESIGN.md contract)."""
-    height, width = (int(v) for v in config["input_size"])
-    images = ("TYPE_UINT8", [height, width, 3]) if input_format == "uint8-nhwc" else ("TYPE_FP32", [3, height, width])
-    return {"images": images, "saliency": ("TYPE_FP32", [1, height, width]),
-            "logits": ("TYPE_FP32", [len(config["classes"])]), "class_id": ("TYPE_INT32", [1]),
-            "score": ("TYPE_FP32", [1])}
+    """Tensor name -> (Triton data type, per-sample dims) of the fused graph (``akd.contract``); per-sample
+    scalars get dims [1], reshaped to [] by the config."""
+    specs = {contract.INPUT: contract.input_spec(config, input_format), **contract.output_specs(config)}
+    return {name: (TRITON_TYPES[np.dtype(dtype)], list(shape) or [1]) for name, (dtype, shape) in specs.items()}
 
 
 def triton_config(config: dict[str, Any], input_format: str, platform: str, options: TritonOptions,
@@ -47,13 +51,13 @@ def triton_config(config: dict[str, Any], input_format: str, platform: str, opti
         return f'  {{\n    name: "{name}"\n    data_type: {dtype}\n    dims: [ {shape} ]\n{extra}  }}'
 
     scalar = "    reshape: { shape: [ ] }\n"
-    outputs = [tensor("saliency"), tensor("logits", '    label_filename: "labels.txt"\n'),
-               tensor("class_id", scalar), tensor("score", scalar)]
+    outputs = [tensor(contract.SALIENCY), tensor(contract.LOGITS, '    label_filename: "labels.txt"\n'),
+               tensor(contract.CLASS_ID, scalar), tensor(contract.SCORE, scalar)]
     preferred = sorted({b for b in options.preferred_batches if b <= options.max_batch})
     joined = ",\n".join(outputs)
     runner = 'backend: "python"' if platform == "python" else f'platform: "{platform}"'
     lines = [f'name: "{options.name}"', runner, f"max_batch_size: {options.max_batch}",
-             f"input [\n{tensor('images')}\n]", f"output [\n{joined}\n]",
+             f"input [\n{tensor(contract.INPUT)}\n]", f"output [\n{joined}\n]",
              "dynamic_batching {", f"  preferred_batch_size: [ {', '.join(map(str, preferred))} ]",
              f"  max_queue_delay_microseconds: {options.queue_delay_us}", "}",
              f"instance_group [\n  {{\n    count: {options.instances}\n    kind: {options.kind}\n  }}\n]"]
@@ -62,17 +66,17 @@ def triton_config(config: dict[str, Any], input_format: str, platform: str, opti
             raise AkdError("--triton-ort-tensorrt applies to the onnxruntime_onnx platform only")
         lines.append('optimization { execution_accelerators { gpu_execution_accelerator: [ { name: "tensorrt" '
                      f'parameters {{ key: "precision_mode" value: "{options.ort_tensorrt}" }} }} ] }} }}')
-    lines.append(f'parameters {{ key: "akd_input_format" value: {{ string_value: "{input_format}" }} }}')
-    lines.append(f'parameters {{ key: "akd_precision" value: {{ string_value: "{precision}" }} }}')
-    lines.append(f'parameters {{ key: "akd_config" value: {{ string_value: {_quoted(json.dumps(config))} }} }}')
+    for key, value in ((contract.INPUT_FORMAT_KEY, input_format), (contract.PRECISION_KEY, precision),
+                       (contract.CONFIG_KEY, json.dumps(config))):
+        lines.append(f'parameters {{ key: "{key}" value: {{ string_value: {_quoted(value)} }} }}')
     return "\n".join(lines) + "\n"
 
 
 # model.py of --triton-platform python: the fused graph through onnxruntime inside Triton's Python backend, for
 # servers without the onnxruntime backend (such as the one bundled in the nvidia-pytriton wheel). Triton batches
 # requests itself (dynamic batching); each request is one run of the graph.
-PYTHON_BACKEND_MODEL = '''"""akd surrogate for Triton's Python backend: model.onnx beside this file, run by onnxruntime.
-"""
+PYTHON_BACKEND_MODEL = f'''"""akd surrogate for Triton's Python backend: model.onnx beside this file, run by
+onnxruntime."""
 
 import os
 
@@ -80,7 +84,7 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-OUTPUTS = ("saliency", "logits", "class_id", "score")
+OUTPUTS = {contract.OUTPUTS!r}
 
 
 class TritonPythonModel:
@@ -93,8 +97,8 @@ class TritonPythonModel:
     def execute(self, requests):
         responses = []
         for request in requests:
-            images = pb_utils.get_input_tensor_by_name(request, "images").as_numpy()
-            outputs = self.session.run(list(OUTPUTS), {"images": images})
+            images = pb_utils.get_input_tensor_by_name(request, {contract.INPUT!r}).as_numpy()
+            outputs = self.session.run(list(OUTPUTS), {{{contract.INPUT!r}: images}})
             responses.append(pb_utils.InferenceResponse(
                 [pb_utils.Tensor(name, np.ascontiguousarray(value)) for name, value in zip(OUTPUTS, outputs)]))
         return responses
@@ -128,8 +132,8 @@ def deepstream_config(metadata: dict[str, str], onnx_file: str, engine_file: str
     a pad probe gets ``saliency``/``class_id``/``score`` as NvDsInferTensorMeta. nvinfer computes
     ``net-scale-factor * (pixel - offset)`` with one scale for all channels: exact for targets with one std
     (EfficientNet-Lite0: (x - 127) / 128), the mean of the three otherwise (a warning line says so)."""
-    config = json.loads(metadata["akd_config"])
-    if metadata.get("akd_input_format") != "float-nchw":
+    config = contract.config_of(metadata)
+    if metadata.get(contract.INPUT_FORMAT_KEY) != "float-nchw":
         raise AkdError("DeepStream feeds float NCHW tensors: export with --input-format float-nchw")
     pre = config["preprocessing"]
     std = [float(v) for v in pre["std"]]
@@ -146,7 +150,7 @@ def deepstream_config(metadata: dict[str, str], onnx_file: str, engine_file: str
     if labels_file:
         lines.append(f"labelfile-path={labels_file}")
     lines += [f"infer-dims=3;{height};{width}", f"batch-size={batch}",
-              f"network-mode={NETWORK_MODES[metadata.get('akd_precision', 'fp32')]}",
+              f"network-mode={NETWORK_MODES[metadata.get(contract.PRECISION_KEY, 'fp32')]}",
               "network-type=100", "output-tensor-meta=1", "process-mode=1", "maintain-aspect-ratio=1",
               "symmetric-padding=1", "gie-unique-id=1", "output-blob-names=saliency;class_id;score"]
     return "\n".join(lines) + "\n"

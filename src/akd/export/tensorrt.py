@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import akd
+from akd import contract
 from akd.util import AkdError, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
@@ -111,15 +112,15 @@ def sidecar_for(engine_path: Path) -> Path:
 def sidecar(onnx_path: Path, options: EngineOptions, tensorrt_version: str, device: dict[str, Any],
             metadata: dict[str, str]) -> dict[str, Any]:
     return {
-        "format": "akd-engine", "akd_version": akd.__version__, "tensorrt_version": tensorrt_version,
+        "format": "akd-engine", contract.VERSION_KEY: akd.__version__, "tensorrt_version": tensorrt_version,
         "gpu_name": device["name"], "compute_capability": device["compute_capability"],
-        "precision": options.precision, "int8_flavour": metadata.get("akd_int8_flavour"),
-        "input_format": metadata.get("akd_input_format"),
+        "precision": options.precision, "int8_flavour": metadata.get(contract.INT8_FLAVOUR_KEY),
+        "input_format": metadata.get(contract.INPUT_FORMAT_KEY),
         "profile": {"min": options.batch[0], "opt": options.batch[1], "max": options.batch[2]},
         "source_onnx": str(onnx_path), "source_sha256": sha256_file(onnx_path),
         "dla_core": options.dla_core, "version_compatible": options.version_compatible,
         "hardware_compatibility": options.hardware_compatibility,
-        "config": json.loads(metadata["akd_config"]) if "akd_config" in metadata else None,
+        "config": contract.config_of(metadata) if contract.CONFIG_KEY in metadata else None,
     }
 
 
@@ -181,26 +182,7 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise AkdError(f"{onnx_path}: TensorRT could not parse the graph: {errors}")
 
-    config = builder.create_builder_config()
-    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
-    for flag in plan.flags:
-        config.set_flag(getattr(trt.BuilderFlag, flag))
-    profile = builder.create_optimization_profile()
-    image_input = network.get_input(0)
-    sample_shape = tuple(image_input.shape)[1:]
-    low, opt, high = options.batch
-    profile.set_shape(image_input.name, (low, *sample_shape), (opt, *sample_shape), (high, *sample_shape))
-    config.add_optimization_profile(profile)
-    if options.dla_core is not None:
-        config.default_device_type = trt.DeviceType.DLA
-        config.DLA_core = options.dla_core
-    level = HARDWARE_LEVELS.get(options.hardware_compatibility)
-    if level is None:
-        raise AkdError(f"--hardware-compatibility must be one of {', '.join(HARDWARE_LEVELS)}")
-    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
-    cache_bytes = Path(options.timing_cache).read_bytes() if options.timing_cache and \
-        os.path.isfile(options.timing_cache) else b""
-    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    config, profile = _builder_config(trt, builder, network, plan, options)
     if plan.use_calibrator:
         config.set_calibration_profile(profile)
         config.int8_calibrator = entropy_calibrator(onnx_path, metadata, options)
@@ -222,6 +204,38 @@ def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> 
     return written
 
 
+def _batch_profile(builder, network, options: EngineOptions):
+    """The optimisation profile over the batch dimension (``--batch MIN,OPT,MAX``)."""
+    profile = builder.create_optimization_profile()
+    image_input = network.get_input(0)
+    sample_shape = tuple(image_input.shape)[1:]
+    low, opt, high = options.batch
+    profile.set_shape(image_input.name, (low, *sample_shape), (opt, *sample_shape), (high, *sample_shape))
+    return profile
+
+
+def _builder_config(trt, builder, network, plan: BuildPlan, options: EngineOptions):
+    """(builder config, its batch profile): workspace, precision flags, the profile, DLA, hardware compatibility,
+    the timing cache."""
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, options.workspace_mb << 20)
+    for flag in plan.flags:
+        config.set_flag(getattr(trt.BuilderFlag, flag))
+    profile = _batch_profile(builder, network, options)
+    config.add_optimization_profile(profile)
+    if options.dla_core is not None:
+        config.default_device_type = trt.DeviceType.DLA
+        config.DLA_core = options.dla_core
+    level = HARDWARE_LEVELS.get(options.hardware_compatibility)
+    if level is None:
+        raise AkdError(f"--hardware-compatibility must be one of {', '.join(HARDWARE_LEVELS)}")
+    config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
+    cache_bytes = Path(options.timing_cache).read_bytes() if options.timing_cache and \
+        os.path.isfile(options.timing_cache) else b""
+    config.set_timing_cache(config.create_timing_cache(cache_bytes), False)
+    return config, profile
+
+
 def entropy_calibrator(onnx_path: Path, metadata: dict[str, str], options: EngineOptions):
     """TensorRT 10.x implicit INT8: an IInt8EntropyCalibrator2 over akd's calibration image reader, with a cache
     file next to the engine so rebuilds skip calibration."""
@@ -232,9 +246,9 @@ def entropy_calibrator(onnx_path: Path, metadata: dict[str, str], options: Engin
     from akd.export.calibration import ImageCalibrationReader, calibration_data
 
     assert options.calib_data is not None  # plan_build requires it for this path
-    config = json.loads(metadata["akd_config"])
+    config = contract.config_of(metadata)
     data = calibration_data(options.calib_data, options.num_images)
-    reader = ImageCalibrationReader(data.samples, config, metadata.get("akd_input_format", "float-nchw"))
+    reader = ImageCalibrationReader(data.samples, config, metadata.get(contract.INPUT_FORMAT_KEY, "float-nchw"))
     cache_path = Path(str(onnx_path) + f".{data.fingerprint[:16]}.calib")
     batch_size = 8
 

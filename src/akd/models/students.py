@@ -13,6 +13,7 @@ Two families share it:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -157,11 +158,39 @@ def timm_student(name: str, num_classes: int, init_state: dict | None = None) ->
     return Student(network, taps, channels, getattr(network, "global_pool", None), network.get_classifier())
 
 
+StudentBuilder = Callable[[int, "dict | None"], Student]  # (classes, initial state) -> student
+FamilyBuilder = Callable[[str, int, "dict | None"], Student]  # (model name within the family, classes, init)
+STUDENTS: dict[str, StudentBuilder] = {}
+STUDENT_FAMILIES: dict[str, FamilyBuilder] = {}
+
+
+def register_student(name: str) -> Callable[[StudentBuilder], StudentBuilder]:
+    """Add a student known by its full name (timm's ``register_model`` pattern)."""
+    def register(builder: StudentBuilder) -> StudentBuilder:
+        STUDENTS[name] = builder
+        return builder
+    return register
+
+
+def register_student_family(prefix: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
+    """Add a family of students named ``prefix:NAME`` (``timm:<any timm CNN>``)."""
+    def register(builder: FamilyBuilder) -> FamilyBuilder:
+        STUDENT_FAMILIES[prefix] = builder
+        return builder
+    return register
+
+
+for _arch in RESNET_STUDENTS:  # the paper's students
+    register_student(_arch)(lambda classes, init, _arch=_arch: resnet_cbam(_arch, classes, init))
+register_student_family("timm")(timm_student)
+
+
 def build_student(arch: str, num_classes: int, init_state: dict | None = None) -> Student:
-    """``arch`` is ``resnet{18,34,50}_cbam`` or ``timm:<model name>``."""
-    if arch in RESNET_STUDENTS:
-        return resnet_cbam(arch, num_classes, init_state)
-    if arch.startswith("timm:"):
-        return timm_student(arch.removeprefix("timm:"), num_classes, init_state)
-    raise AkdError(f"unknown student '{arch}': use one of {', '.join(RESNET_STUDENTS)}, timm:<name> "
-                   "or same-as-teacher")
+    """``arch``: a registered name (``resnet{18,34,50}_cbam``) or ``family:NAME`` (``timm:<model name>``)."""
+    if arch in STUDENTS:
+        return STUDENTS[arch](num_classes, init_state)
+    family, _, name = arch.partition(":")
+    if name and family in STUDENT_FAMILIES:
+        return STUDENT_FAMILIES[family](name, num_classes, init_state)
+    names = [*STUDENTS, *(f"{prefix}:<name>" for prefix in STUDENT_FAMILIES)]
+    raise AkdError(f"unknown student '{arch}': use one of {', '.join(names)} or same-as-teacher")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,27 @@ class Teacher:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         return self.forward(images)
+
+
+TargetLoader = Callable[[str, "str | None", Preprocessing, int], Teacher]  # (spec, weights, preprocessing, skip)
+TARGET_KINDS: dict[str, TargetLoader] = {}
+BUILTIN_TARGETS: dict[str, Callable[[], Teacher]] = {}
+
+
+def register_target_kind(kind: str) -> Callable[[TargetLoader], TargetLoader]:
+    """Add a kind of target spec (a file type or a model library); ``target_kind`` decides which a spec is."""
+    def register(loader: TargetLoader) -> TargetLoader:
+        TARGET_KINDS[kind] = loader
+        return loader
+    return register
+
+
+def register_builtin_target(name: str) -> Callable[[Callable[[], Teacher]], Callable[[], Teacher]]:
+    """Add a target known by name alone, with its weights shipped in a package (timm's ``register_model``)."""
+    def register(loader: Callable[[], Teacher]) -> Callable[[], Teacher]:
+        BUILTIN_TARGETS[name] = loader
+        return loader
+    return register
 
 
 def _hash_or_none(path: str | None) -> str | None:
@@ -73,6 +95,7 @@ def _module_teacher(module: nn.Module, preprocessing: Preprocessing, identity: d
                    class_names=class_names)
 
 
+@register_builtin_target("efficientnet_lite0")
 def efficientnet_lite0() -> Teacher:
     """EfficientNet-Lite0 (ImageNet-1k) as timm's ``tf_efficientnet_lite0`` with the packaged weights.
 
@@ -198,30 +221,65 @@ def onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes: int = 0)
     return Teacher(runner, num_classes, preprocessing, identity, differentiable=False)
 
 
+def target_kind(spec: str) -> str:
+    """builtin, onnx, torchscript, or the model library named by ``library:NAME`` (or guessed from a bare name)."""
+    if spec in BUILTIN_TARGETS:
+        return "builtin"
+    if spec.lower().endswith(".onnx"):
+        return "onnx"
+    if re.search(r"\.(pt|pth|ts|torchscript|jit)$", spec.lower()):
+        return "torchscript"
+    library, _, name = spec.rpartition(":")
+    return library or _guess_library(name)
+
+
 def load_teacher(spec: str, weights: str | None = None, preprocessing: Preprocessing | None = None,
                  skip_classes: int = 0) -> Teacher:
     """Resolve a target spec (see module docstring). ``preprocessing`` applies to file targets, whose
     preprocessing cannot be read from the file itself."""
-    preprocessing = preprocessing or Preprocessing()
-    if spec == "efficientnet_lite0":
-        teacher = efficientnet_lite0()
-    elif spec.lower().endswith(".onnx"):
-        if not os.path.isfile(spec):
-            raise AkdError(f"{spec}: ONNX target not found")
-        teacher = onnx_teacher(spec, preprocessing, skip_classes)
-    elif re.search(r"\.(pt|pth|ts|torchscript|jit)$", spec.lower()):
-        if not os.path.isfile(spec):
-            raise AkdError(f"{spec}: TorchScript target not found")
-        teacher = torchscript_teacher(spec, preprocessing)
-    else:
-        library, _, name = spec.rpartition(":")
-        if not library:
-            library = _guess_library(name)
-        if library not in ("torchvision", "timm"):
-            raise AkdError(f"unknown target '{spec}': use efficientnet_lite0, torchvision:NAME, timm:NAME, "
-                           "or a .onnx / TorchScript file")
-        teacher = _library_teacher(library, name, weights)
+    kind = target_kind(spec)
+    if kind not in TARGET_KINDS:
+        raise AkdError(f"unknown target '{spec}': use {', '.join(BUILTIN_TARGETS)}, torchvision:NAME, timm:NAME, "
+                       "or a .onnx / TorchScript file")
+    teacher = TARGET_KINDS[kind](spec, weights, preprocessing or Preprocessing(), skip_classes)
     teacher.identity["preprocessing"] = teacher.preprocessing.to_config()
+    return teacher
+
+
+@register_target_kind("builtin")
+def _builtin_target(spec: str, weights: str | None, preprocessing: Preprocessing, skip_classes: int) -> Teacher:
+    return BUILTIN_TARGETS[spec]()
+
+
+@register_target_kind("onnx")
+def _onnx_target(spec: str, weights: str | None, preprocessing: Preprocessing, skip_classes: int) -> Teacher:
+    if not os.path.isfile(spec):
+        raise AkdError(f"{spec}: ONNX target not found")
+    return onnx_teacher(spec, preprocessing, skip_classes)
+
+
+@register_target_kind("torchscript")
+def _torchscript_target(spec: str, weights: str | None, preprocessing: Preprocessing, skip_classes: int) -> Teacher:
+    if not os.path.isfile(spec):
+        raise AkdError(f"{spec}: TorchScript target not found")
+    return torchscript_teacher(spec, preprocessing)
+
+
+@register_target_kind("torchvision")
+@register_target_kind("timm")
+def _library_target(spec: str, weights: str | None, preprocessing: Preprocessing, skip_classes: int) -> Teacher:
+    library, _, name = spec.rpartition(":")
+    return _library_teacher(library or _guess_library(name), name, weights)
+
+
+def teacher_from_module(module: nn.Module, preprocessing: Preprocessing | None = None, name: str | None = None,
+                        class_names: list[str] | None = None) -> Teacher:
+    """A target held in memory (a notebook's ``nn.Module``), for the Python API. Its identity records the class
+    name only: such a target cannot be re-created from a surrogate's config (no --include-target)."""
+    preprocessing = preprocessing or Preprocessing()
+    identity = {"name": name or type(module).__name__, "kind": "module"}
+    teacher = _module_teacher(module, preprocessing, identity, class_names)
+    teacher.identity["preprocessing"] = preprocessing.to_config()
     return teacher
 
 

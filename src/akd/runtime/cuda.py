@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from akd import contract
 from akd.util import AkdError
 
 
@@ -204,13 +205,10 @@ class OutputSpec:
     dtype: Any
 
 
-OUTPUT_NAMES = ("saliency", "logits", "class_id", "score")  # the fused graph's contract (akd.export.graph)
-
-
-def contract_outputs(height: int, width: int, classes: int) -> dict[str, OutputSpec]:
-    """Per-sample shapes and dtypes of the fused graph's outputs, for sizing pinned and device buffers."""
-    return {"saliency": OutputSpec((1, height, width), np.float32), "logits": OutputSpec((classes,), np.float32),
-            "class_id": OutputSpec((), np.int32), "score": OutputSpec((), np.float32)}
+def contract_outputs(config: dict[str, Any]) -> dict[str, OutputSpec]:
+    """Per-sample shapes and dtypes of the fused graph's outputs (``akd.contract``), for sizing pinned and device
+    buffers."""
+    return {name: OutputSpec(shape, dtype) for name, (dtype, shape) in contract.output_specs(config).items()}
 
 
 class SlotPipeline:
@@ -229,7 +227,6 @@ class SlotPipeline:
             if prepare is not None:
                 prepare(slot)
         self.lock = threading.Lock()
-        self.last_stage_ms: dict[str, float] = {}
 
     def _make_slot(self) -> Slot:
         api = self.api
@@ -256,13 +253,14 @@ class SlotPipeline:
         api.record(copied_out, slot.stream)
         return n
 
-    def _collect(self, slot: Slot, n: int) -> dict[str, np.ndarray]:
+    def _collect(self, slot: Slot, n: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """(the batch's outputs, its stage times from the slot's CUDA events)."""
         api = self.api
         api.synchronize(slot.stream)
         start, copied_in, computed, copied_out = slot.events
-        self.last_stage_ms = {"h2d": api.elapsed_ms(start, copied_in), "compute": api.elapsed_ms(copied_in, computed),
-                              "d2h": api.elapsed_ms(computed, copied_out)}
-        return {name: host[:n].copy() for name, host in slot.host_out.items()}
+        stage_ms = {"h2d": api.elapsed_ms(start, copied_in), "compute": api.elapsed_ms(copied_in, computed),
+                    "d2h": api.elapsed_ms(computed, copied_out)}
+        return {name: host[:n].copy() for name, host in slot.host_out.items()}, stage_ms
 
     def run(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
         """Results in input order; at most ``len(slots)`` batches in flight."""
@@ -271,12 +269,12 @@ class SlotPipeline:
             for index, batch in enumerate(batches):
                 slot = self.slots[index % len(self.slots)]
                 if len(pending) == len(self.slots):
-                    yield self._collect(*pending.popleft())
+                    yield self._collect(*pending.popleft())[0]
                 pending.append((slot, self._enqueue(slot, batch)))
             while pending:
-                yield self._collect(*pending.popleft())
+                yield self._collect(*pending.popleft())[0]
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         with self.lock:
             slot = self.slots[0]
             return self._collect(slot, self._enqueue(slot, batch))

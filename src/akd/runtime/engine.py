@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
+from akd import contract
+from akd.contract import CLASS_ID, SALIENCY, SCORE
 from akd.runtime.backends import ModelInfo, Runner, open_runner
 from akd.runtime.geometry import FITS, Placement, place, to_frame, to_model
 from akd.util import AkdError
@@ -28,6 +30,7 @@ class Result:
     score: float
     saliency_model: np.ndarray | None = None  # (h, w) at model resolution, when asked for
     placement: Placement | None = field(default=None, repr=False)
+    stage_ms: dict[str, float] = field(default_factory=dict, repr=False)  # its batch's stage times
 
 
 def default_model() -> str:
@@ -54,12 +57,9 @@ class SaliencyEngine:
         self.info = info
         self.classes = list(info.config["classes"])
         pre = info.config["preprocessing"]
-        std = np.asarray(pre["std"], np.float32).reshape(1, 3, 1, 1)
-        self.scale = 1.0 / (255.0 * std)  # normalised = pixel * scale - offset
-        self.offset = np.asarray(pre["mean"], np.float32).reshape(1, 3, 1, 1) / std
+        self.scale, self.offset = contract.normalisation(pre["mean"], pre["std"])  # normalised = pixel*scale-offset
         self.crop_pct = float(pre.get("crop_pct", 0.875))
         self.pad_rgb = tuple(int(round(m * 255)) for m in pre["mean"])
-        self.stage_ms: dict[str, float] = {}
 
     @classmethod
     def load(cls, model: str | None = None, backend: str = "auto", device: str = "auto", fit: str = "letterbox",
@@ -101,15 +101,16 @@ class SaliencyEngine:
 
     def _results(self, outputs: dict[str, np.ndarray], placements: list[Placement],
                  model_resolution: bool) -> list[Result]:
-        if not np.isfinite(outputs["saliency"]).all() or not np.isfinite(outputs["score"]).all():
+        saliency_maps, class_ids, scores = outputs[SALIENCY], outputs[CLASS_ID], outputs[SCORE]
+        if not np.isfinite(saliency_maps).all() or not np.isfinite(scores).all():
             raise AkdError(f"{self.info.source}: the model returned non-finite saliency or scores (NaN/inf); "
                            "its weights are corrupt or its precision overflowed")
         results = []
         for index, placement in enumerate(placements):
-            saliency = outputs["saliency"][index, 0]
-            class_id = int(outputs["class_id"][index])
+            saliency = saliency_maps[index, 0]
+            class_id = int(class_ids[index])
             label = self.classes[class_id] if 0 <= class_id < len(self.classes) else str(class_id)
-            results.append(Result(to_frame(saliency, placement), class_id, label, float(outputs["score"][index]),
+            results.append(Result(to_frame(saliency, placement), class_id, label, float(scores[index]),
                                   saliency.copy() if model_resolution else None, placement))
         return results
 
@@ -132,12 +133,15 @@ class SaliencyEngine:
             t0 = time.perf_counter()
             batch, placements = self.preprocess(chunk)
             t1 = time.perf_counter()
-            outputs = self.runner.infer(batch)
+            outputs, runner_ms = self.runner.infer(batch)
             t2 = time.perf_counter()
-            results += self._results(outputs, placements, model_resolution)
+            chunk_results = self._results(outputs, placements, model_resolution)
             t3 = time.perf_counter()
-            self.stage_ms = {"preprocess": (t1 - t0) * 1e3, **self.runner.last_stage_ms,
-                             "infer_total": (t2 - t1) * 1e3, "postprocess": (t3 - t2) * 1e3}
+            stage_ms = {"preprocess": (t1 - t0) * 1e3, **runner_ms, "infer_total": (t2 - t1) * 1e3,
+                        "postprocess": (t3 - t2) * 1e3}  # per call, so threads sharing the engine never mix them
+            for result in chunk_results:
+                result.stage_ms = stage_ms
+            results += chunk_results
         return results[0] if single else results
 
     __call__ = explain

@@ -1,17 +1,21 @@
-"""Backends behind one interface (Polygraphy's runner idea): ``infer(batch) -> {output name: array}`` on a batch
-already in the model's input format, plus ``info`` and ``close()``. Heavy imports live in each backend module."""
+"""Backends behind one interface, with Polygraphy's runner habits: an explicit lifecycle (a runner is active from
+construction until ``close()``, also as a context manager; a closed runner refuses with one clear line), inputs
+checked against the model's metadata, and each call's stage times returned with its outputs (no shared mutable
+state). ``infer(batch) -> Inference(outputs, stage_ms)`` on a batch already in the model's input format. Backends
+register by name and file suffix; heavy imports live in each backend module."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple
 
 import numpy as np
 
+from akd import contract
 from akd.util import AkdError
 
-BACKENDS = ("auto", "onnxruntime", "tensorrt", "torch", "triton")
 TRAIN_STACK = frozenset({"torch", "torchvision", "timm", "safetensors", "scipy", "skimage", "PIL", "yaml"})
 
 
@@ -42,13 +46,103 @@ class ModelInfo:
         return int(height), int(width)
 
 
-class Runner(Protocol):
+class Inference(NamedTuple):
+    outputs: dict[str, np.ndarray]  # the contract's outputs for the batch
+    stage_ms: dict[str, float]  # this call's own stage times (compute; h2d/compute/d2h on a CUDA pipeline)
+
+
+class Runner:
+    """Base of every backend: subclasses set ``info`` and implement ``_infer`` (and ``_release`` if they hold
+    sessions, contexts or connections)."""
+
     info: ModelInfo
-    last_stage_ms: dict[str, float]
+    active = True
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]: ...
+    def infer(self, batch: np.ndarray) -> Inference:
+        if not self.active:
+            raise AkdError(f"{self.info.source}: this runner was closed")
+        self.check_input(batch)
+        outputs, stage_ms = self._infer(batch)
+        return Inference(outputs, stage_ms)
 
-    def close(self) -> None: ...
+    def check_input(self, batch: np.ndarray) -> None:
+        """The batch must be what the graph takes: its dtype, per-sample shape and at most ``max_batch`` samples."""
+        dtype, shape = contract.input_spec(self.info.config, self.info.input_format)
+        if not isinstance(batch, np.ndarray) or batch.dtype != dtype or tuple(batch.shape[1:]) != shape:
+            got = f"{batch.shape} {batch.dtype}" if isinstance(batch, np.ndarray) else type(batch).__name__
+            raise AkdError(f"{self.info.source}: expected a batch of {dtype.__name__} (N, "
+                           f"{', '.join(map(str, shape))}) ({self.info.input_format}), got {got}")
+        if not 1 <= len(batch) <= self.info.max_batch:
+            raise AkdError(f"{self.info.source}: a batch of {len(batch)} images; this model takes 1 to "
+                           f"{self.info.max_batch}")
+
+    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        raise NotImplementedError
+
+    def _release(self) -> None:
+        """Free what the backend holds; the default holds nothing."""
+
+    def close(self) -> None:
+        if self.active:
+            self._release()
+            self.active = False
+
+    def __enter__(self) -> Runner:
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
+RunnerLoader = Callable[..., Runner]  # (path, device, **options) -> an active runner
+BACKEND_LOADERS: dict[str, RunnerLoader] = {}
+BACKEND_SUFFIXES: dict[str, str] = {}  # file suffix -> the backend that loads it
+
+
+def register_backend(name: str, suffixes: tuple[str, ...] = ()) -> Callable[[RunnerLoader], RunnerLoader]:
+    """Add a backend (and the file suffixes it loads) to the table ``open_runner`` picks from."""
+    def register(loader: RunnerLoader) -> RunnerLoader:
+        BACKEND_LOADERS[name] = loader
+        BACKEND_SUFFIXES.update(dict.fromkeys(suffixes, name))
+        return loader
+    return register
+
+
+@register_backend("onnxruntime", (".onnx",))
+def _onnxruntime(path: str, device: str, **options: Any) -> Runner:
+    from akd.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    return OnnxRuntimeRunner(path, device, **options)
+
+
+@register_backend("tensorrt", (".engine", ".plan"))
+def _tensorrt(path: str, device: str, **options: Any) -> Runner:
+    from akd.runtime.backends.tensorrt import TensorRTRunner
+
+    return TensorRTRunner(path, **options)
+
+
+@register_backend("torch", (".safetensors",))
+def _torch(path: str, device: str, **options: Any) -> Runner:
+    try:
+        from akd.runtime.backends.torch import TorchRunner
+
+        return TorchRunner(path, device, **options)
+    except ModuleNotFoundError as exc:  # the runtime-only install: numpy, OpenCV and an inference runtime
+        if exc.name not in TRAIN_STACK:
+            raise
+        raise AkdError(f"{path}: a .safetensors surrogate runs through PyTorch ({exc.name} is not installed): "
+                       "pip install 'akd[train]', or give an exported .onnx/.engine graph") from None
+
+
+@register_backend("triton")
+def _triton(path: str, device: str, **options: Any) -> Runner:
+    from akd.runtime.backends.triton import TritonRunner
+
+    return TritonRunner(path, **options)
+
+
+BACKENDS = ("auto", *BACKEND_LOADERS)
 
 
 def open_runner(path: str, backend: str = "auto", device: str = "auto", **options: Any) -> Runner:
@@ -57,32 +151,14 @@ def open_runner(path: str, backend: str = "auto", device: str = "auto", **option
     if backend not in BACKENDS:
         raise AkdError(f"backend must be one of {', '.join(BACKENDS)}, not '{backend}'")
     if path.startswith("grpc://") or backend == "triton":
-        from akd.runtime.backends.triton import TritonRunner
-
-        return TritonRunner(path, **options)
+        return BACKEND_LOADERS["triton"](path, device, **options)
     suffix = Path(path).suffix.lower()
-    natural = {".onnx": "onnxruntime", ".engine": "tensorrt", ".plan": "tensorrt", ".safetensors": "torch"}.get(suffix)
+    natural = BACKEND_SUFFIXES.get(suffix)
     if natural is None:
-        raise AkdError(f"{path}: unknown model type (expected .onnx, .engine or .safetensors)")
+        raise AkdError(f"{path}: unknown model type (expected {', '.join(sorted(BACKEND_SUFFIXES))})")
     chosen = natural if backend == "auto" else backend
     if chosen != natural:
         raise AkdError(f"{path}: the {chosen} backend cannot load a {suffix} file (it needs the {natural} backend)")
     if not Path(path).is_file():
         raise AkdError(f"{path}: model not found")
-    if chosen == "onnxruntime":
-        from akd.runtime.backends.onnxruntime import OnnxRuntimeRunner
-
-        return OnnxRuntimeRunner(path, device, **options)
-    if chosen == "tensorrt":
-        from akd.runtime.backends.tensorrt import TensorRTRunner
-
-        return TensorRTRunner(path, **options)
-    from akd.runtime.backends.torch import TorchRunner
-
-    try:
-        return TorchRunner(path, device, **options)
-    except ModuleNotFoundError as exc:  # the runtime-only install: numpy, OpenCV and an inference runtime
-        if exc.name not in TRAIN_STACK:
-            raise
-        raise AkdError(f"{path}: a .safetensors surrogate runs through PyTorch ({exc.name} is not installed): "
-                       "pip install 'akd[train]', or give an exported .onnx/.engine graph") from None
+    return BACKEND_LOADERS[chosen](path, device, **options)

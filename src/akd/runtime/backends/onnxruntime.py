@@ -3,18 +3,18 @@ installed. ``InferenceSession.run`` is thread-safe, so one runner serves many th
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
 
-from akd.runtime.backends import ModelInfo
+from akd import contract
+from akd.runtime.backends import ModelInfo, Runner
 from akd.util import AkdError
 
 GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
 
 
-class OnnxRuntimeRunner:
+class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str, device: str = "auto", max_batch: int = 32, threads: int | None = None):
         import onnxruntime as ort
 
@@ -31,30 +31,32 @@ class OnnxRuntimeRunner:
         except Exception as exc:  # noqa: BLE001 - onnxruntime raises its own exception types
             raise AkdError(f"{path}: not a readable ONNX model ({str(exc).splitlines()[0]})") from None
         metadata = self.session.get_modelmeta().custom_metadata_map  # the graph is parsed once, by onnxruntime
-        if "akd_config" not in metadata:
-            raise AkdError(f"{path}: not an akd graph (no akd_config metadata); export it with akd-export")
+        if contract.CONFIG_KEY not in metadata:
+            raise AkdError(f"{path}: not an akd graph (no {contract.CONFIG_KEY} metadata); export it with akd-export")
+        missing = set(contract.OUTPUTS) - {o.name for o in self.session.get_outputs()}
+        if missing:
+            raise AkdError(f"{path}: the graph lacks the outputs {', '.join(sorted(missing))} of the akd contract")
         self.providers = self.session.get_providers()
         self.on_gpu = self.providers[0] != "CPUExecutionProvider"
-        self.output_names = [o.name for o in self.session.get_outputs()]
-        self.info = ModelInfo(json.loads(metadata["akd_config"]), metadata.get("akd_input_format", "float-nchw"),
-                              max_batch, metadata.get("akd_precision", "fp32"), path,
+        self.output_names = list(contract.OUTPUTS)
+        self.info = ModelInfo(contract.config_of(metadata), metadata.get(contract.INPUT_FORMAT_KEY, "float-nchw"),
+                              max_batch, metadata.get(contract.PRECISION_KEY, "fp32"), path,
                               {"backend": "onnxruntime", "providers": self.providers,
-                               "int8_flavour": metadata.get("akd_int8_flavour")})
-        self.last_stage_ms: dict[str, float] = {}
+                               "int8_flavour": metadata.get(contract.INT8_FLAVOUR_KEY)})
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         started = time.perf_counter()
         if self.on_gpu:  # IO binding: one host->device copy in, outputs copied back once
             binding = self.session.io_binding()
-            binding.bind_cpu_input("images", np.ascontiguousarray(batch))
+            binding.bind_cpu_input(contract.INPUT, np.ascontiguousarray(batch))
             for name in self.output_names:
                 binding.bind_output(name)
             self.session.run_with_iobinding(binding)
             values = binding.copy_outputs_to_cpu()
         else:
-            values = self.session.run(self.output_names, {"images": batch})
-        self.last_stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
-        return dict(zip(self.output_names, values, strict=True))
+            values = self.session.run(self.output_names, {contract.INPUT: batch})
+        stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
+        return dict(zip(self.output_names, values, strict=True)), stage_ms
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.session = None

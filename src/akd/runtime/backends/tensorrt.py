@@ -8,12 +8,13 @@ from pathlib import Path
 
 import numpy as np
 
-from akd.runtime.backends import ModelInfo
-from akd.runtime.cuda import OUTPUT_NAMES
+from akd import contract
+from akd.contract import INPUT, OUTPUTS
+from akd.runtime.backends import ModelInfo, Runner
 from akd.util import AkdError
 
 
-class TensorRTRunner:
+class TensorRTRunner(Runner):
     def __init__(self, path: str, slots: int = 2, binding: str = "auto", max_batch: int | None = None):
         from akd.export.tensorrt import check_sidecar, cuda_device, read_sidecar, require_tensorrt, sidecar_for
         from akd.runtime.cuda import SlotPipeline, contract_outputs, cuda_api
@@ -37,44 +38,34 @@ class TensorRTRunner:
         batch_limit = min(max_batch or profile_max, profile_max)
         self.info = ModelInfo(config, side.get("input_format") or "float-nchw", batch_limit, side["precision"], path,
                               {"backend": "tensorrt", "tensorrt": version, "gpu": side["gpu_name"]})
-        height, width = self.info.size
-        classes = len(config["classes"])
-        specs = contract_outputs(height, width, classes)
-        uint8 = self.info.input_format == "uint8-nhwc"
-        input_shape = (height, width, 3) if uint8 else (3, height, width)
+        specs = contract_outputs(config)
+        input_dtype, input_shape = contract.input_spec(config, self.info.input_format)
         self.api = cuda_api(binding)
 
         def prepare(slot) -> None:
             context = self.engine.create_execution_context()
-            context.set_tensor_address("images", self.api.pointer(slot.device_in))
-            for name in OUTPUT_NAMES:
+            context.set_tensor_address(INPUT, self.api.pointer(slot.device_in))
+            for name in OUTPUTS:
                 context.set_tensor_address(name, self.api.pointer(slot.device_out[name]))
             slot.state["context"] = context
 
         def compute(slot, n: int) -> None:
             context = slot.state["context"]
-            context.set_input_shape("images", (n, *input_shape))
+            context.set_input_shape(INPUT, (n, *input_shape))
             if not context.execute_async_v3(self.api.stream_handle(slot.stream)):
                 raise AkdError(f"{path}: TensorRT execution failed")
 
-        input_dtype = np.uint8 if uint8 else np.float32
         self.pipeline: SlotPipeline | None = SlotPipeline(self.api, batch_limit, input_shape, input_dtype, specs,
                                                           compute, slots=slots, prepare=prepare)
-        self.last_stage_ms: dict[str, float] = {}
 
-    def _pipeline(self):
-        if self.pipeline is None:
-            raise AkdError(f"{self.info.source}: the engine was closed")
-        return self.pipeline
-
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
-        pipeline = self._pipeline()
-        outputs = pipeline.infer(batch)
-        self.last_stage_ms = dict(pipeline.last_stage_ms)
-        return outputs
+    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        assert self.pipeline is not None  # set until _release
+        return self.pipeline.infer(batch)
 
     def run(self, batches):
-        yield from self._pipeline().run(batches)
+        if self.pipeline is None:
+            raise AkdError(f"{self.info.source}: this runner was closed")
+        yield from self.pipeline.run(batches)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.pipeline = None

@@ -13,12 +13,12 @@ import time
 
 import numpy as np
 
-from akd.runtime.backends import ModelInfo
-from akd.runtime.cuda import OUTPUT_NAMES
+from akd.contract import OUTPUTS
+from akd.runtime.backends import ModelInfo, Runner
 from akd.util import AkdError
 
 
-class TorchRunner:
+class TorchRunner(Runner):
     def __init__(self, path: str, device: str = "auto", max_batch: int = 32, fp16: bool = False,
                  cuda_graphs: bool = False, slots: int = 2):
         import torch
@@ -51,15 +51,14 @@ class TorchRunner:
 
         torch = self.torch
         height, width = self.info.size
-        classes = len(self.info.config["classes"])
-        specs = contract_outputs(height, width, classes)
-        dtypes = {"saliency": torch.float32, "logits": torch.float32, "class_id": torch.int32, "score": torch.float32}
+        specs = contract_outputs(self.info.config)
+        dtypes = {name: torch.from_numpy(np.zeros(0, spec.dtype)).dtype for name, spec in specs.items()}
         max_batch = self.info.max_batch
 
         def views(slot):
             images = slot.device_in.view(torch.float32).view(max_batch, 3, height, width)
             outs = {name: slot.device_out[name].view(dtypes[name]).view(max_batch, *specs[name].shape)
-                    for name in OUTPUT_NAMES}
+                    for name in OUTPUTS}
             return images, outs
 
         def prepare(slot) -> None:
@@ -72,7 +71,7 @@ class TorchRunner:
                     self._forward(images)
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=slot.stream):
-                    for name, value in zip(OUTPUT_NAMES, self._forward(images), strict=True):
+                    for name, value in zip(OUTPUTS, self._forward(images), strict=True):
                         outs[name].copy_(value)
             slot.state["graph"] = graph
 
@@ -82,29 +81,28 @@ class TorchRunner:
                 if "graph" in slot.state:
                     slot.state["graph"].replay()  # fixed shape: rows past n are stale and never copied back
                     return
-                for name, value in zip(OUTPUT_NAMES, self._forward(images[:n]), strict=True):
+                for name, value in zip(OUTPUTS, self._forward(images[:n]), strict=True):
                     outs[name][:n].copy_(value)
 
         return SlotPipeline(TorchCuda(self.device.index or 0), max_batch, (3, height, width), np.float32, specs,
                             compute, slots=slots, prepare=prepare)
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         if self.pipeline is not None:
-            outputs = self.pipeline.infer(np.ascontiguousarray(batch, dtype=np.float32))
-            self.last_stage_ms = dict(self.pipeline.last_stage_ms)
-            return outputs
+            return self.pipeline.infer(np.ascontiguousarray(batch, dtype=np.float32))
         started = time.perf_counter()
         with self.lock:
             values = self._forward(self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
-        self.last_stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
-        return {name: value.numpy() for name, value in zip(OUTPUT_NAMES, values, strict=True)}
+        outputs = {name: value.numpy() for name, value in zip(OUTPUTS, values, strict=True)}
+        return outputs, {"compute": (time.perf_counter() - started) * 1e3}
 
     def run(self, batches):
         """Overlapped stream of results on CUDA (copies of one batch under the compute of another)."""
         if self.pipeline is None:
-            yield from (self.infer(batch) for batch in batches)
+            yield from (self.infer(batch).outputs for batch in batches)
             return
         yield from self.pipeline.run(np.ascontiguousarray(b, dtype=np.float32) for b in batches)
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.model = None
+        self.pipeline = None

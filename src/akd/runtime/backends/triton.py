@@ -5,16 +5,15 @@ K/N``) can share one server; its dynamic batcher merges their requests."""
 
 from __future__ import annotations
 
-import json
 import time
 from urllib.parse import urlparse
 
 import numpy as np
 
-from akd.runtime.backends import ModelInfo
+from akd import contract
+from akd.contract import OUTPUTS
+from akd.runtime.backends import ModelInfo, Runner
 from akd.util import AkdError
-
-OUTPUTS = ("saliency", "logits", "class_id", "score")
 
 
 def parse_url(url: str) -> tuple[str, str]:
@@ -26,7 +25,7 @@ def parse_url(url: str) -> tuple[str, str]:
     return parsed.netloc, model
 
 
-class TritonRunner:
+class TritonRunner(Runner):
     def __init__(self, url: str, client=None):
         address, self.model = parse_url(url)
         if client is None:
@@ -41,21 +40,21 @@ class TritonRunner:
         except Exception as exc:  # noqa: BLE001 - tritonclient raises InferenceServerException and gRPC errors
             raise AkdError(f"{url}: Triton did not return the model's config ({str(exc).splitlines()[0]})") from None
         parameters = config.get("parameters", {})
-        if "akd_config" not in parameters:
+        if contract.CONFIG_KEY not in parameters:
             raise AkdError(f"{url}: not an akd model (no akd_config parameter); export it with akd-export "
                            "--format triton")
-        self.info = ModelInfo(json.loads(parameters["akd_config"]["string_value"]),
-                              parameters["akd_input_format"]["string_value"], int(config["max_batch_size"]),
-                              parameters.get("akd_precision", {}).get("string_value", "unknown"), url,
+        values = {key: value["string_value"] for key, value in parameters.items()}
+        self.info = ModelInfo(contract.config_of(values), values[contract.INPUT_FORMAT_KEY],
+                              int(config["max_batch_size"]), values.get(contract.PRECISION_KEY, "unknown"), url,
                               {"platform": config.get("platform") or config.get("backend")})
         self.url = url
-        self.last_stage_ms: dict[str, float] = {}
 
-    def infer(self, batch: np.ndarray) -> dict[str, np.ndarray]:
+    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         import tritonclient.grpc as grpcclient
 
         started = time.perf_counter()
-        images = grpcclient.InferInput("images", list(batch.shape), "UINT8" if batch.dtype == np.uint8 else "FP32")
+        dtype = "UINT8" if batch.dtype == np.uint8 else "FP32"
+        images = grpcclient.InferInput(contract.INPUT, list(batch.shape), dtype)
         images.set_data_from_numpy(np.ascontiguousarray(batch))
         try:
             result = self.client.infer(self.model, [images], client_timeout=120.0,
@@ -63,10 +62,9 @@ class TritonRunner:
         except Exception as exc:  # noqa: BLE001 - a stopped server, a timeout: one line, not a gRPC traceback
             raise AkdError(f"{self.url}: Triton request failed ({str(exc).splitlines()[0]})") from None
         outputs = {name: result.as_numpy(name) for name in OUTPUTS}
-        outputs["class_id"] = outputs["class_id"].reshape(-1)
-        outputs["score"] = outputs["score"].reshape(-1)
-        self.last_stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
-        return outputs
+        for scalar in (contract.CLASS_ID, contract.SCORE):  # Triton's reshape: [] per sample
+            outputs[scalar] = outputs[scalar].reshape(-1)
+        return outputs, {"compute": (time.perf_counter() - started) * 1e3}
 
-    def close(self) -> None:
+    def _release(self) -> None:
         self.client.close()

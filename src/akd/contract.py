@@ -1,0 +1,75 @@
+"""The graph contract, written once. Every akd graph takes ``images`` and returns ``saliency`` (N,1,H,W) float32 in
+[0,1], ``logits`` (N,C) float32, ``class_id`` (N) int32 and ``score`` (N) float32 (softmax probability of
+class_id); ``images`` is (N,3,H,W) float32 normalised (``float-nchw``) or (N,H,W,3) uint8 RGB at model resolution
+(``uint8-nhwc``, normalisation fused in). Its ``metadata_props`` carry the surrogate's config and how the graph was
+made. The exporter writes graphs to this contract; runtime backends, parity, calibration, serving configs and
+evaluation read them through it (the C++ runtime in cpp/ mirrors it by hand). numpy only: the runtime-only
+install imports it.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+INPUT = "images"
+SALIENCY, LOGITS, CLASS_ID, SCORE = "saliency", "logits", "class_id", "score"
+OUTPUTS = (SALIENCY, LOGITS, CLASS_ID, SCORE)
+INPUT_FORMATS = ("float-nchw", "uint8-nhwc")
+OPSET = 17
+
+# metadata_props keys
+CONFIG_KEY = "akd_config"  # the surrogate's JSON config: classes, input_size, preprocessing, student, ...
+VERSION_KEY = "akd_version"
+SOURCE_SHA256_KEY = "akd_source_sha256"  # the checkpoint the graph was exported from
+PRECISION_KEY = "akd_precision"  # fp32 | fp16 | int8
+INPUT_FORMAT_KEY = "akd_input_format"
+INT8_FLAVOUR_KEY = "akd_int8_flavour"  # cpu | tensorrt
+CALIBRATION_KEY = "akd_calibration"  # JSON: how the INT8 ranges were made
+DRIFT_KEY = "akd_drift"  # JSON: the INT8 drift report
+FP32_SHA256_KEY = "akd_fp32_sha256"  # the fp32 graph akd-calibrate quantized
+
+
+def output_specs(config: dict[str, Any]) -> dict[str, tuple[type, tuple[int, ...]]]:
+    """Output name -> (numpy dtype, per-sample shape)."""
+    height, width = (int(v) for v in config["input_size"])
+    return {SALIENCY: (np.float32, (1, height, width)), LOGITS: (np.float32, (len(config["classes"]),)),
+            CLASS_ID: (np.int32, ()), SCORE: (np.float32, ())}
+
+
+def input_spec(config: dict[str, Any], input_format: str) -> tuple[type, tuple[int, ...]]:
+    """(numpy dtype, per-sample shape) of ``images``."""
+    height, width = (int(v) for v in config["input_size"])
+    return (np.uint8, (height, width, 3)) if input_format == "uint8-nhwc" else (np.float32, (3, height, width))
+
+
+def normalisation(mean, std) -> tuple[np.ndarray, np.ndarray]:
+    """(scale, offset), each (1,3,1,1) float32: normalised = pixels * scale - offset, pixels RGB in 0..255."""
+    std = np.asarray(std, np.float32).reshape(1, 3, 1, 1)
+    return 1.0 / (255.0 * std), np.asarray(mean, np.float32).reshape(1, 3, 1, 1) / std
+
+
+def normalise(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """(N,H,W,3) RGB pixels (uint8 or float 0..255) -> (N,3,H,W) float32 normalised."""
+    scale, offset = normalisation(mean, std)
+    return np.ascontiguousarray(pixels.transpose(0, 3, 1, 2), dtype=np.float32) * scale - offset
+
+
+def to_pixels(images: np.ndarray, mean, std) -> np.ndarray:
+    """The inverse: (N,3,H,W) normalised -> (N,H,W,3) uint8 RGB, rounded."""
+    scale, offset = normalisation(mean, std)
+    return np.clip(np.rint((images + offset) / scale), 0, 255).astype(np.uint8).transpose(0, 2, 3, 1).copy()
+
+
+def to_input(images: np.ndarray, config: dict[str, Any], input_format: str) -> np.ndarray:
+    """Normalised float NCHW -> what a graph of ``input_format`` takes."""
+    if input_format == "float-nchw":
+        return images
+    return to_pixels(images, config["preprocessing"]["mean"], config["preprocessing"]["std"])
+
+
+def config_of(metadata: dict[str, str]) -> dict[str, Any]:
+    """The surrogate config a graph's metadata carries."""
+    return json.loads(metadata[CONFIG_KEY])
