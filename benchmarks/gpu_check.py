@@ -28,7 +28,7 @@ def main() -> int:
         print("gpu_check needs CUDA", file=sys.stderr)
         return 2
     from akd.data.imagenet import imagenet_class_names
-    from akd.export.exporter import ExportOptions, export
+    from akd.deploy.exporter import ExportOptions, export
     from akd.models.surrogate import Surrogate, save_checkpoint
     from akd.runtime.backends.onnxruntime import OnnxRuntimeRunner
     from akd.runtime.backends.torch import TorchRunner

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import onnx
 
-from akd.export.calibration import (
+from akd.deploy.calibration import (
     FLAVOURS,
     CalibrationData,
     calibration_data,
@@ -29,8 +29,8 @@ from akd.export.calibration import (
     quantize,
     shipped_ranges_path,
 )
-from akd.export.exporter import ExportOptions, export
-from akd.export.graph import read_metadata
+from akd.deploy.exporter import ExportOptions, export
+from akd.deploy.graph import read_metadata
 from akd.runtime.engine import default_model
 from akd.util import atomic_path, sha256_file
 

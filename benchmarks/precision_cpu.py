@@ -25,9 +25,9 @@ import torch
 
 from akd.data.preprocessing import images_of
 from akd.data.sources import discover
-from akd.export import parity
-from akd.export.exporter import ExportOptions, export
-from akd.export.graph import read_metadata
+from akd.deploy import parity
+from akd.deploy.exporter import ExportOptions, export
+from akd.deploy.graph import read_metadata
 
 
 def timed(session: ort.InferenceSession, feed: np.ndarray, iterations: int) -> float:

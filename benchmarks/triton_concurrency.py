@@ -59,8 +59,8 @@ def main() -> int:
     if not READY:
         print("needs the Triton server: bash scripts/triton_env.sh", file=sys.stderr)
         return 2
-    from akd.export.exporter import ExportOptions, export
-    from akd.export.serving import TritonOptions
+    from akd.deploy.exporter import ExportOptions, export
+    from akd.deploy.serving import TritonOptions
     from akd.runtime.engine import default_model
 
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)

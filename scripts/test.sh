@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 .venv/bin/ruff check src tests benchmarks scripts examples
-.venv/bin/mypy --ignore-missing-imports --follow-imports=silent --check-untyped-defs src/akd/export/tensorrt.py \
+.venv/bin/mypy --ignore-missing-imports --follow-imports=silent --check-untyped-defs src/akd/deploy/tensorrt.py \
     src/akd/runtime/backends/tensorrt.py
 bash scripts/build_cpp.sh ${AKD_CPP_DEPS:-}  # the C++ runtime, for its parity tests (skipped when not built)
 bash scripts/runtime_only_check.sh  # a second, torch-free environment explains a clip with an exported graph

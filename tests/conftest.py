@@ -128,7 +128,7 @@ def photo_folder(tmp_path_factory) -> Path:
 def shipped_onnx(tmp_path_factory) -> Path:
     """The shipped EfficientNet-Lite0 surrogate as the fp32 graph: ReLU6 makes opset-17 Clip nodes, which the C++
     runtime rewrites for OpenCV DNN in memory; its INT8 ranges ship with it."""
-    from akd.export.exporter import ExportOptions, export
+    from akd.deploy.exporter import ExportOptions, export
     from akd.runtime.engine import default_model
 
     out = tmp_path_factory.mktemp("shipped") / "lite0.onnx"

@@ -49,7 +49,7 @@ def _photo(path: Path, seed: int = 0) -> Path:
 
 @pytest.fixture(scope="module")
 def graph(tiny_checkpoint, tmp_path_factory) -> Path:
-    from akd.export.exporter import ExportOptions, export
+    from akd.deploy.exporter import ExportOptions, export
 
     out = tmp_path_factory.mktemp("bad-inputs") / "tiny.onnx"
     export(ExportOptions(str(tiny_checkpoint), str(out), precision="fp32", verify=False))
@@ -195,8 +195,8 @@ def _nan_graph(graph: Path, out: Path) -> Path:
 
 
 def test_nan_graph_fails_every_gate_and_the_runtime(graph, tmp_path):
-    from akd.export import parity
-    from akd.export.calibration import drift
+    from akd.deploy import parity
+    from akd.deploy.calibration import drift
     from akd.runtime import SaliencyEngine
 
     _nan_graph(graph, tmp_path / "nan.onnx")
@@ -211,7 +211,7 @@ def test_nan_graph_fails_every_gate_and_the_runtime(graph, tmp_path):
 
 
 def test_non_finite_calibration_ranges_are_never_cached(tmp_path):
-    from akd.export.calibration import _refuse_nonfinite_ranges
+    from akd.deploy.calibration import _refuse_nonfinite_ranges
 
     cache = tmp_path / "ranges.json"
     cache.write_text(json.dumps({"CLS": "TensorsData", "data": {"good": {"lowest": -1.0, "highest": 2.0},
@@ -275,7 +275,7 @@ def test_python_api_names_the_problem(graph, bad, fragment):
 
 
 def test_small_user_folder_holds_out_a_fifth_for_drift(tmp_path):
-    from akd.export.calibration import calibration_data
+    from akd.deploy.calibration import calibration_data
 
     for index in range(64):
         _photo(tmp_path / "user" / f"{index:02d}.png", index)

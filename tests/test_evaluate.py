@@ -1,4 +1,4 @@
-"""akd.evaluate: metrics on cases with known answers, the baselines on a tiny target, the report and the CLI."""
+"""akd.evaluation: metrics on cases with known answers, the baselines on a tiny target, the report and the CLI."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ from torch import nn
 from akd import perturbation
 from akd.cli import main
 from akd.data.preprocessing import Preprocessing
-from akd.evaluate import metrics
-from akd.evaluate.methods import EvalImage, GradCamMethod, LimeMethod, RiseMethod, last_spatial_module
+from akd.evaluation import metrics
+from akd.evaluation.methods import EvalImage, GradCamMethod, LimeMethod, RiseMethod, last_spatial_module
 from akd.models.teachers import _module_teacher
 
 PATCH = (slice(8, 16), slice(8, 16))
@@ -236,7 +236,7 @@ def test_gradcam_refuses_a_black_box_and_unknown_layers(tiny_net):
 def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_path):
     pytest.importorskip("pytorch_grad_cam")
     pytest.importorskip("lime")
-    from akd.evaluate.report import EvalOptions, evaluate, markdown
+    from akd.evaluation.report import EvalOptions, evaluate, markdown
     from akd.models.surrogate import read_checkpoint
 
     _, header = read_checkpoint(tiny_checkpoint)
@@ -273,7 +273,7 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
 
 
 def test_paired_difference_interval_is_about_the_per_image_differences():
-    from akd.evaluate.report import paired_difference
+    from akd.evaluation.report import paired_difference
 
     rng = np.random.default_rng(0)
     theirs = rng.uniform(0.3, 0.7, 200)
@@ -290,7 +290,7 @@ def test_paired_difference_interval_is_about_the_per_image_differences():
 def test_gradcam_layers_become_named_methods_and_are_released(tiny_net):
     import contextlib
 
-    from akd.evaluate.report import EvalOptions, build_methods
+    from akd.evaluation.report import EvalOptions, build_methods
 
     teacher = _module_teacher(tiny_net, Preprocessing(input_size=32), {"name": "tiny"})
     options = EvalOptions(models=[], data="unused", out="unused", methods=("gradcam",),
@@ -306,8 +306,8 @@ def test_gradcam_layers_become_named_methods_and_are_released(tiny_net):
 
 def test_a_registered_method_is_one_function_away(tiny_net, flat_folder, tmp_path):
     """Adding a method: a SaliencyMethod and a register_method builder; akd-evaluate then runs it by name."""
-    from akd.evaluate import methods as registry
-    from akd.evaluate.report import EvalOptions, evaluate
+    from akd.evaluation import methods as registry
+    from akd.evaluation.report import EvalOptions, evaluate
 
     class Centre(registry.SaliencyMethod):
         name, closed = "centre", False

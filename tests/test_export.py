@@ -6,8 +6,8 @@ import onnxruntime as ort
 import pytest
 
 from akd.cli import calibrate_main, export_main
-from akd.export import parity
-from akd.export.exporter import ExportOptions, export
+from akd.deploy import parity
+from akd.deploy.exporter import ExportOptions, export
 from akd.util import AkdError
 
 
@@ -152,7 +152,7 @@ def test_parity_failure_writes_nothing_and_prints_table(tiny_checkpoint, tmp_pat
 
 
 def test_interrupted_write_leaves_no_artifact(tiny_checkpoint, tmp_path, monkeypatch):
-    import akd.export.graph as graph
+    import akd.deploy.graph as graph
 
     def crash(model, path, *args, **kwargs):
         with open(path, "wb") as handle:
@@ -262,7 +262,7 @@ def test_histogram_calibration_survives_a_near_constant_gate(photo_folder, tmp_p
     import torch
 
     from akd.data.sources import discover
-    from akd.export.calibration import CalibrationData, ImageCalibrationReader, near_constant_tensors, quantize
+    from akd.deploy.calibration import CalibrationData, ImageCalibrationReader, near_constant_tensors, quantize
 
     from conftest import tiny_surrogate_config
 
@@ -332,7 +332,7 @@ def test_engine_formats_stop_before_any_work_without_tensorrt(tiny_checkpoint, t
 def test_shipped_ranges_quantize_the_shipped_surrogate_without_images(shipped_onnx, tmp_path):
     """No data: the ranges shipped in the package reach the quantizer (the input's scale is the shipped range's),
     no image is read, nothing is cached."""
-    from akd.export.calibration import quantize, shipped_ranges, shipped_ranges_path
+    from akd.deploy.calibration import quantize, shipped_ranges, shipped_ranges_path
 
     metadata = _meta(shipped_onnx)
     data = shipped_ranges(metadata["akd_source_sha256"])
@@ -353,7 +353,7 @@ def test_shipped_ranges_quantize_the_shipped_surrogate_without_images(shipped_on
 
 def test_int8_without_data_is_only_for_the_shipped_surrogate(tiny_checkpoint, tmp_path, capsys):
     from akd.cli import calibrate_main
-    from akd.export.calibration import CalibrationData, quantize, shipped_ranges_path
+    from akd.deploy.calibration import CalibrationData, quantize, shipped_ranges_path
 
     from conftest import tiny_surrogate_config
 

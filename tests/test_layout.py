@@ -18,9 +18,9 @@ LAYERS = [
     {"akd.contract", "akd.data", "akd.perturbation"},
     {"akd.models"},
     {"akd.train"},
-    {"akd.export"},
+    {"akd.deploy"},
     {"akd.runtime"},
-    {"akd.evaluate", "akd.profile"},
+    {"akd.evaluation", "akd.profile"},
     {"akd.api"},
     {"akd.cli"},
 ]

@@ -111,7 +111,7 @@ def test_bad_frames_are_clear_errors(bad, fragment):
 
 @pytest.fixture(scope="module")
 def exported(tiny_checkpoint, tmp_path_factory):
-    from akd.export.exporter import ExportOptions, export
+    from akd.deploy.exporter import ExportOptions, export
 
     out = tmp_path_factory.mktemp("runtime") / "tiny.onnx"
     export(ExportOptions(str(tiny_checkpoint), str(out), precision="fp32", verify=False))

@@ -8,8 +8,8 @@ import onnx
 import pytest
 
 from akd.cli import main
-from akd.export.graph import read_metadata
-from akd.export.serving import TritonOptions, deepstream_config, graph_signature, parse_deepstream_config, triton_config
+from akd.deploy.graph import read_metadata
+from akd.deploy.serving import TritonOptions, deepstream_config, graph_signature, parse_deepstream_config, triton_config
 from akd.util import AkdError
 
 from conftest import tiny_surrogate_config
@@ -59,7 +59,7 @@ def test_deepstream_export_writes_graph_config_and_labels(tiny_checkpoint, tmp_p
 
 def test_triton_plan_platform_and_ort_tensorrt_accelerator():
     pytest.importorskip("tritonclient.grpc")
-    from akd.export.serving import validate_triton_config
+    from akd.deploy.serving import validate_triton_config
 
     config = tiny_surrogate_config()
     onnx_text = triton_config(config, "uint8-nhwc", "onnxruntime_onnx", TritonOptions(ort_tensorrt="FP16"))

@@ -7,8 +7,8 @@ import onnx
 import pytest
 from onnx import helper
 
-from akd.export.calibration import cache_file
-from akd.export.tensorrt import (
+from akd.deploy.calibration import cache_file
+from akd.deploy.tensorrt import (
     EngineOptions,
     check_operators,
     check_sidecar,
@@ -93,7 +93,7 @@ def test_operator_support_check(caplog):
 
 
 def test_exported_graphs_use_only_tensorrt_ops(tiny_checkpoint, tmp_path):
-    from akd.export.exporter import ExportOptions, export
+    from akd.deploy.exporter import ExportOptions, export
 
     for precision in ("fp32", "fp16"):
         out = tmp_path / f"m.{precision}.onnx"

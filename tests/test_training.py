@@ -32,15 +32,15 @@ def test_loss_falls_on_a_fixed_batch(torchscript_target, stage):
     from akd.data.preprocessing import Preprocessing
     from akd.models.surrogate import Surrogate
     from akd.models.teachers import load_teacher
-    from akd.train.trainer import DistillationStep, _param_groups, _set_trainable
+    from akd.train.step import DistillationStep, param_groups, set_trainable
 
     torch.manual_seed(0)
     teacher = load_teacher(str(torchscript_target), preprocessing=Preprocessing(input_size=SIZE))
     surrogate = Surrogate({"student": "resnet18_cbam", "classes": list("abcd"), "explainer_width": 32})
     recipe = {**load_recipe("paper-imagenet"), "freeze_bn": True}
-    _set_trainable(surrogate, stage, recipe)
+    set_trainable(surrogate, stage, recipe)
     step = DistillationStep(surrogate, teacher, recipe, stage)
-    params = [p for group in _param_groups(surrogate, stage, recipe, False) for p in group["params"]]
+    params = [p for group in param_groups(surrogate, stage, recipe, False) for p in group["params"]]
     optimizer = torch.optim.SGD(params, lr=0.02, momentum=0.9, nesterov=True)
     images, labels = torch.randn(8, 3, SIZE, SIZE), torch.full((8,), -1)
     history = []

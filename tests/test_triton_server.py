@@ -80,8 +80,8 @@ class Server:
 
 @pytest.fixture(scope="module")
 def served(tiny_checkpoint, tmp_path_factory):
-    from akd.export.exporter import ExportOptions, export
-    from akd.export.serving import TritonOptions
+    from akd.deploy.exporter import ExportOptions, export
+    from akd.deploy.serving import TritonOptions
 
     folder = tmp_path_factory.mktemp("triton")
     export(ExportOptions(str(tiny_checkpoint), str(folder / "repo"), format="triton", verify=False,
@@ -136,8 +136,8 @@ def test_akd_explain_against_the_real_server(served, tmp_path, capsys):
 
 
 def test_a_stopped_server_is_a_clear_error_not_a_hang(tiny_checkpoint, tmp_path):
-    from akd.export.exporter import ExportOptions, export
-    from akd.export.serving import TritonOptions
+    from akd.deploy.exporter import ExportOptions, export
+    from akd.deploy.serving import TritonOptions
     from akd.runtime import SaliencyEngine
 
     export(ExportOptions(str(tiny_checkpoint), str(tmp_path / "repo"), format="triton", verify=False,

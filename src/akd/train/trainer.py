@@ -1,8 +1,5 @@
-"""The distillation loop: stages student / explainer / joint, chained in one run, resumable, data-parallel.
-
-One ``DistillationStep`` module computes the whole loss of a stage, so torch DDP sees a single forward per
-iteration whatever the stage calls inside it (student, explainer, judge on masked images).
-"""
+"""The distillation loop: stages student / explainer / joint, chained in one run, resumable, data-parallel
+(each stage's loss and trainable parameters: ``akd.train.step``)."""
 
 from __future__ import annotations
 
@@ -25,20 +22,17 @@ from akd.data.sources import data_summary, discover
 from akd.models.surrogate import (
     TRAIN_STATE_PREFIX,
     Surrogate,
-    cam_class_weights,
     read_checkpoint,
     save_checkpoint,
 )
 from akd.models.teachers import Teacher, load_teacher, teacher_init_state
-from akd.train import losses
 from akd.train.distributed import all_reduce_sum, barrier, init_distributed, shard_indices
 from akd.train.recipes import STAGES, learning_rate
+from akd.train.step import LOSS_TERMS, DistillationStep, param_groups, set_trainable
 from akd.util import AkdError
 
 log = logging.getLogger(__name__)
 
-EXPLANATION_TERMS = ("explanation", "sparsity", "rank_prior", "destruction", "insertion", "deletion")
-LOSS_TERMS = ("kd", *EXPLANATION_TERMS)
 LOG_COLUMNS = ["stage", "epoch", "lr", "train_loss", *(f"train_{term}" for term in LOSS_TERMS), "train_agreement",
                "val_agreement", "val_teacher_top1", "val_student_top1", "val_mean_saliency", "train_images",
                "val_images", "skipped", "seconds"]
@@ -46,7 +40,7 @@ LOG_COLUMNS = ["stage", "epoch", "lr", "train_loss", *(f"train_{term}" for term 
 
 @dataclass
 class TrainOptions:
-    teacher: str
+    teacher: str | Teacher  # a spec, or a target already loaded (the Python API's in-memory module)
     data: str
     out: str
     recipe: dict[str, Any]
@@ -65,121 +59,6 @@ class TrainOptions:
     video_stride: int = 10
     progress: bool = True
     command: str = ""
-
-
-class DistillationStep(nn.Module):
-    """One stage's loss for a batch: ``forward(images, labels) -> (loss, stats)``."""
-
-    def __init__(self, surrogate: Surrogate, teacher: Teacher, recipe: dict[str, Any], stage: str):
-        super().__init__()
-        self.surrogate, self.recipe, self.stage = surrogate, recipe, stage
-        self._teacher = [teacher]  # a list keeps the target out of this module's parameters and DDP's buffers
-
-    def _judge(self, images: torch.Tensor) -> torch.Tensor:
-        """Logits of the judge: the target when gradients flow through it, else the student (eq. 9)."""
-        teacher = self._teacher[0]
-        if teacher.differentiable:
-            return teacher(images)
-        return self.surrogate.student(images).logits
-
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        recipe, student = self.recipe, self.surrogate.student
-        with torch.no_grad():
-            teacher_logits = self._teacher[0](images).float()
-        stats: dict[str, torch.Tensor] = {}
-        if self.stage == "student":
-            logits = student(images).logits
-        else:
-            class_ids = teacher_logits.argmax(1)  # explain the target's prediction
-            with torch.set_grad_enabled(self.stage == "joint"):  # explainer stage: student frozen, no graph
-                logits, deltas, features = student(images)
-            weights = cam_class_weights(teacher_logits, recipe["cam_score"])[:, :, None, None]
-            saliency = self.surrogate.explain(deltas, features, weights, images.shape[-2:])
-        logits = logits.float()
-        loss = torch.zeros((), device=images.device)
-        if self.stage in ("student", "joint"):
-            stats["kd"] = losses.kd_loss(logits, teacher_logits, labels, recipe["alpha"], recipe["temperature"])
-            loss = loss + stats["kd"]
-        if self.stage in ("explainer", "joint"):
-            stats.update(self._explanation_terms(images, saliency.float(), teacher_logits, class_ids))
-            loss = loss + sum(recipe[term] * stats[term] for term in EXPLANATION_TERMS if term in stats)
-        stats["agree"] = (logits.argmax(1) == teacher_logits.argmax(1)).float().sum()
-        return loss, stats
-
-
-    def _explanation_terms(self, images: torch.Tensor, saliency: torch.Tensor, teacher_logits: torch.Tensor,
-                           class_ids: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Every explanation term the recipe weights, from one judge call over all composites of the batch."""
-        recipe = self.recipe
-        composites: dict[str, list[torch.Tensor]] = {}
-        if recipe["explanation"] > 0 or recipe["destruction"] > 0:
-            substrate = losses.substrate(images, recipe["substrate"])
-            composites["explanation"] = [losses.blend(images, substrate, saliency)]
-            if recipe["destruction"] > 0:
-                composites["destruction"] = [losses.blend(images, substrate, 1 - saliency)]
-        if recipe["insertion"] > 0 or recipe["deletion"] > 0:
-            areas = recipe["topk_areas"]
-            chosen = torch.randperm(len(areas))[:recipe["topk_samples"]].tolist()
-            masks = [losses.soft_top_mask(saliency, areas[i], recipe["topk_temperature"]) for i in chosen]
-            if recipe["insertion"] > 0:
-                composites["insertion"] = [losses.insertion_composite(images, mask) for mask in masks]
-            if recipe["deletion"] > 0:
-                composites["deletion"] = [losses.deletion_composite(images, mask) for mask in masks]
-        judged = [image for group in composites.values() for image in group]
-        logits = iter(self._judge(torch.cat(judged)).float().split(len(images)) if judged else [])
-        judge = {term: [next(logits) for _ in group] for term, group in composites.items()}
-        stats = {"sparsity": losses.sparsity_loss(saliency)}
-        if "explanation" in judge:
-            stats["explanation"] = losses.explanation_loss(judge["explanation"][0], teacher_logits)
-        if "destruction" in judge:
-            stats["destruction"] = losses.destruction_loss(judge["destruction"][0], teacher_logits)
-        if recipe["rank_prior"] > 0:
-            stats["rank_prior"] = losses.rank_prior_loss(saliency, recipe["rank_prior_power"])
-        # insertion/deletion: the probability of the explained class on each composite, the quantity whose mean
-        # over areas is the metric's AUC (insertion enters as 1 - p so every term is minimised)
-        for term, sign in (("insertion", -1.0), ("deletion", 1.0)):
-            if term in judge:
-                probability = torch.stack([losses.class_log_probability(z, class_ids).exp() for z in judge[term]])
-                stats[term] = (1.0 - probability.mean()) if sign < 0 else probability.mean()
-        return stats
-
-
-def _param_groups(surrogate: Surrogate, stage: str, recipe: dict, pretrained: bool) -> list[dict]:
-    """Parameter groups with an ``lr_scale``: new layers at 1, target-initialised weights slower."""
-    spec = recipe["stages"][stage]
-    backbone_scale = recipe["pretrained_lr_scale"] if pretrained else 1.0
-    student_scale = spec.get("student_lr_scale", 1.0) if stage == "joint" else 1.0
-    attention, backbone = [], []
-    for name, param in surrogate.student.named_parameters():
-        (attention if ".attention." in name else backbone).append(param)
-    groups = []
-    if stage in ("student", "joint"):
-        groups += [{"params": attention, "lr_scale": student_scale},
-                   {"params": backbone, "lr_scale": student_scale * backbone_scale}]
-    if stage in ("explainer", "joint"):
-        groups.append({"params": _explainer_parameters(surrogate, recipe), "lr_scale": 1.0})
-    return groups
-
-
-def _explainer_parameters(surrogate: Surrogate, recipe: dict) -> list[nn.Parameter]:
-    if recipe["explainer_params"] == "calibration":
-        return surrogate.explainer.calibration_parameters()
-    return list(surrogate.explainer.parameters())
-
-
-def _set_trainable(surrogate: Surrogate, stage: str, recipe: dict) -> None:
-    train_student = stage in ("student", "joint")
-    train_explainer = stage in ("explainer", "joint")
-    surrogate.student.requires_grad_(train_student)
-    surrogate.explainer.requires_grad_(False)
-    for param in _explainer_parameters(surrogate, recipe) if train_explainer else []:
-        param.requires_grad_(True)
-    surrogate.student.train(train_student)
-    surrogate.explainer.train(train_explainer)
-    if recipe["freeze_bn"] and train_student:
-        for module in surrogate.student.modules():
-            if isinstance(module, nn.modules.batchnorm._BatchNorm):
-                module.eval()
 
 
 def _resolve_device(name: str, env_local_rank: int) -> torch.device:
@@ -203,8 +82,8 @@ class Trainer:
         missing = [s for s in options.stages if s not in options.recipe["stages"]]
         if missing:
             raise AkdError(f"recipe '{options.recipe.get('name')}' defines no schedule for stage(s) {missing}")
-        self.teacher = load_teacher(options.teacher, options.teacher_weights, options.teacher_preprocessing,
-                                    options.teacher_skip_classes)
+        self.teacher = options.teacher if isinstance(options.teacher, Teacher) else load_teacher(
+            options.teacher, options.teacher_weights, options.teacher_preprocessing, options.teacher_skip_classes)
         if options.image_size:
             self.teacher.preprocessing.input_size = options.image_size
         self.train_set = discover(options.data, "train", options.aircraft_level, options.video_stride)
@@ -331,8 +210,8 @@ class Trainer:
 
     def _stage_setup(self, stage: str, optim_state: dict[str, torch.Tensor]):
         recipe = self.options.recipe
-        _set_trainable(self.surrogate, stage, recipe)
-        optimizer = torch.optim.SGD(_param_groups(self.surrogate, stage, recipe, self.pretrained), lr=0.0,
+        set_trainable(self.surrogate, stage, recipe)
+        optimizer = torch.optim.SGD(param_groups(self.surrogate, stage, recipe, self.pretrained), lr=0.0,
                                     momentum=recipe["momentum"], nesterov=recipe["nesterov"],
                                     weight_decay=recipe["weight_decay"])
         if optim_state:

@@ -16,7 +16,7 @@ from akd.util import AkdError
 
 class TensorRTRunner(Runner):
     def __init__(self, path: str, slots: int = 2, binding: str = "auto", max_batch: int | None = None):
-        from akd.export.tensorrt import check_sidecar, cuda_device, read_sidecar, require_tensorrt, sidecar_for
+        from akd.deploy.tensorrt import check_sidecar, cuda_device, read_sidecar, require_tensorrt, sidecar_for
         from akd.runtime.cuda import SlotPipeline, contract_outputs, cuda_api
 
         try:

@@ -23,7 +23,7 @@ class TorchRunner(Runner):
                  cuda_graphs: bool = False, slots: int = 2):
         import torch
 
-        from akd.export.graph import DeployableSurrogate
+        from akd.deploy.graph import DeployableSurrogate
         from akd.models.surrogate import load_surrogate
 
         if device == "auto":

@@ -28,7 +28,7 @@ import numpy as np
 from akd.contract import INPUT, to_input
 from akd.data.preprocessing import images_of
 from akd.data.sources import sampled
-from akd.export.parity import compare
+from akd.deploy.parity import compare
 from akd.util import AkdError
 
 log = logging.getLogger(__name__)
@@ -322,7 +322,7 @@ def drift_report(fp32_model, int8_model, config: dict[str, Any], input_format: s
     fewer than 8 are left over, real photos from ``fallback`` (default: the bundled sample photos).
     Reports saliency Pearson, IoU of the top-20% regions, class agreement and the single ``drift`` figure."""
     from akd.data.preprocessing import real_images
-    from akd.export.parity import run_onnx
+    from akd.deploy.parity import run_onnx
 
     heldout = len(data.heldout) >= 8
     images = images_of(data.heldout, config) if heldout else real_images(config, fallback, 128)

@@ -243,7 +243,7 @@ def entropy_calibrator(onnx_path: Path, metadata: dict[str, str], options: Engin
     import tensorrt as trt
     import torch
 
-    from akd.export.calibration import ImageCalibrationReader, calibration_data
+    from akd.deploy.calibration import ImageCalibrationReader, calibration_data
 
     assert options.calib_data is not None  # plan_build requires it for this path
     config = contract.config_of(metadata)

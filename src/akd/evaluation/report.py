@@ -1,7 +1,7 @@
 """``akd-evaluate``: the paper's Tables 3 and 4 and Figure 6 on the user's own target and images.
 
 Every method explains the same images (the target's resize + centre crop) and the target's own prediction; the
-metrics come from ``akd.evaluate.metrics``; speed is timed side by side in this one run with the thread count
+metrics come from ``akd.evaluation.metrics``; speed is timed side by side in this one run with the thread count
 pinned, one image at a time (batch 1), the way an interactive user would call each method.
 """
 
@@ -20,8 +20,8 @@ import numpy as np
 import torch
 
 from akd import contract
-from akd.evaluate import metrics
-from akd.evaluate.methods import METHOD_BUILDERS, METHODS, EvalImage, SaliencyMethod
+from akd.evaluation import metrics
+from akd.evaluation.methods import METHOD_BUILDERS, METHODS, EvalImage, SaliencyMethod
 from akd.models.teachers import Teacher
 from akd.util import IMAGE_EXTENSIONS, AkdError, atomic_path
 

@@ -17,9 +17,9 @@ import numpy as np
 
 from akd import contract
 from akd.data.preprocessing import images_of, real_images
-from akd.export import parity
-from akd.export.calibration import DEFAULT_MAX_DRIFT
-from akd.export.graph import (
+from akd.deploy import parity
+from akd.deploy.calibration import DEFAULT_MAX_DRIFT
+from akd.deploy.graph import (
     DeployableSurrogate,
     artifact_metadata,
     check_graph,
@@ -29,14 +29,14 @@ from akd.export.graph import (
     save_model,
     set_metadata,
 )
-from akd.export.serving import (
+from akd.deploy.serving import (
     PYTHON_BACKEND_MODEL,
     TritonOptions,
     deepstream_config,
     triton_config,
     validate_triton_config,
 )
-from akd.export.tensorrt import EngineOptions
+from akd.deploy.tensorrt import EngineOptions
 from akd.util import AkdError, atomic_path, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -154,7 +154,7 @@ def export(options: ExportOptions) -> list[Path]:
     written = [onnx_path]
     _print_report(report)
     if options.wants_engine:
-        from akd.export.tensorrt import build_engine
+        from akd.deploy.tensorrt import build_engine
 
         written += build_engine(onnx_path, engine_path, replace(
             options.engine, precision=options.precision, calib_data=options.calib_data,
@@ -174,13 +174,13 @@ def _check_before_work(options: ExportOptions) -> None:
     if options.format not in FORMATS:
         raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
     if options.precision == "int8" and not options.calib_data:  # only the shipped surrogate's ranges ship
-        from akd.export.calibration import shipped_ranges
+        from akd.deploy.calibration import shipped_ranges
 
         shipped_ranges(sha256_file(options.checkpoint))
     if options.format == "triton" and not options.out:
         raise AkdError("--format triton needs --out REPO (the model repository folder)")
     if options.wants_engine:
-        from akd.export.tensorrt import require_tensorrt
+        from akd.deploy.tensorrt import require_tensorrt
 
         require_tensorrt()  # without TensorRT nothing is written
 
@@ -253,7 +253,7 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str |
     Without ``data``, the ranges shipped for the shipped surrogate (only a graph exported from it takes them)."""
     import onnx
 
-    from akd.export.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize, shipped_ranges
+    from akd.deploy.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize, shipped_ranges
 
     data_set = (calibration_data(data, num_images) if data else
                 shipped_ranges(read_metadata(fp32_model).get(contract.SOURCE_SHA256_KEY)))
