@@ -66,13 +66,13 @@ def distill(target, data: str, out: str, *, student: str = "resnet50_cbam", prep
 
 def export(surrogate=None, out: str | None = None, *, precision: str = "fp32", format: str = "onnx",
            batch: tuple[int, int, int] = (1, 8, 32), engine: dict | None = None, triton: dict | None = None,
-           **options: Any) -> list[Path]:
+           on_report=None, **options: Any) -> list[Path]:
     """The fused graph (and engine/serving files) of ``surrogate``: a .safetensors path, a ``Surrogate`` held in
     memory, or None for the one shipped with akd (then ``out`` is required). ``batch`` is the TensorRT profile
     (MIN, OPT, MAX), from which Triton's batching follows; ``engine``/``triton``: further ``EngineOptions`` /
     ``TritonOptions`` fields; ``options``: ``ExportOptions`` fields (input_format, include_target, verify,
-    parity_data, calib_data, num_images, calibration_method, int8_target, max_drift, cache_dir, force).
-    Returns the paths written."""
+    parity_data, calib_data, num_images, calibration_method, int8_target, max_drift, cache_dir, force);
+    ``on_report(checks)`` receives the parity/drift numbers. Returns the paths written."""
     from akd.deploy.exporter import ExportOptions
     from akd.deploy.exporter import export as export_graph
     from akd.deploy.serving import TritonOptions
@@ -89,11 +89,11 @@ def export(surrogate=None, out: str | None = None, *, precision: str = "fp32", f
         with tempfile.TemporaryDirectory(prefix="akd-export-") as folder:
             checkpoint = Path(folder) / "surrogate.safetensors"
             save_checkpoint(checkpoint, surrogate)
-            return export_graph(ExportOptions(str(checkpoint), str(out), **settings))
+            return export_graph(ExportOptions(str(checkpoint), str(out), **settings), on_report)
     if surrogate is None and out is None:
         raise AkdError("--out is required when exporting the shipped surrogate (it lives inside the package)")
     return export_graph(ExportOptions(str(surrogate or default_model()), None if out is None else str(out),
-                                      **settings))
+                                      **settings), on_report)
 
 
 def calibrate(model: str | Path, out: str | Path, *, data: str | None = None, flavour: str = "cpu",
@@ -102,7 +102,7 @@ def calibrate(model: str | Path, out: str | Path, *, data: str | None = None, fl
     """An fp32 akd graph -> its INT8 form at ``out``, refused when it drifts too far; returns what happened
     (ranges, images, drift). Without ``data``, the shipped surrogate's own ranges (its graphs only)."""
     from akd.deploy.calibration import DEFAULT_MAX_DRIFT
-    from akd.deploy.exporter import calibrate_file
+    from akd.deploy.int8 import calibrate_file
 
     return calibrate_file(str(model), data, str(out), flavour, method, num_images,
                           DEFAULT_MAX_DRIFT if max_drift is None else max_drift, cache_dir, force)

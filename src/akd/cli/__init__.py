@@ -66,9 +66,18 @@ def run_export(args: argparse.Namespace) -> int:
         input_format=args.input_format, include_target=args.include_target, verify=not args.no_verify,
         parity_data=args.parity_data, calib_data=args.calib_data, num_images=args.num_images,
         calibration_method=args.calibration_method, int8_target=args.int8_target, max_drift=args.max_drift,
-        cache_dir=args.cache_dir, force=args.force)
+        cache_dir=args.cache_dir, force=args.force, on_report=lambda checks: _print_checks(checks, args.prog))
     print(f"akd-export: wrote {summarize(written)}")
     return 0
+
+
+def _print_checks(checks: dict, prog: str) -> None:
+    """One line per precision checked: the parity numbers (fp32/fp16) or the int8 drift report."""
+    for precision, metrics in checks.items():
+        shown = metrics.get("drift", metrics) if precision == "int8" else metrics
+        if isinstance(shown, dict):
+            values = ", ".join(f"{k} {v:.6f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())
+            print(f"{prog}: {precision} check: {values}", file=sys.stderr)
 
 
 def run_calibrate(args: argparse.Namespace) -> int:
@@ -77,6 +86,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
     info = api.calibrate(args.model, args.out, data=args.data, flavour=args.int8_target or "cpu",
                          method=args.calibration_method, num_images=args.num_images, max_drift=args.max_drift,
                          cache_dir=args.cache_dir, force=args.force)
+    _print_checks({"int8": info}, "akd-calibrate")
     cache = "reused" if info["cache_hit"] else "written"
     source = ("the shipped ranges" if info["ranges"] == "shipped" else
               f"{info['images']} images, calibration cache {cache}: {info['cache']}")
@@ -87,9 +97,7 @@ def run_calibrate(args: argparse.Namespace) -> int:
 def _open_engine(args: argparse.Namespace):
     from akd.runtime import SaliencyEngine
 
-    remote = args.backend == "triton" or (args.model or "").startswith("grpc://")  # the server picks its device
-    options = {} if args.device == "auto" or args.backend == "tensorrt" or remote else {"device": args.device}
-    engine = SaliencyEngine.load(args.model, backend=args.backend, fit=args.fit, **options)
+    engine = SaliencyEngine.load(args.model, backend=args.backend, device=args.device, fit=args.fit)
     print(f"{args.prog}: {engine.info.source} ({engine.info.precision}) on {engine.info.execution_path}",
           file=sys.stderr)
     return engine

@@ -116,7 +116,7 @@ def _onnxruntime(path: str, device: str, **options: Any) -> Runner:
 
 
 @register_backend("tensorrt", (".engine", ".plan"))
-def _tensorrt(path: str, device: str, **options: Any) -> Runner:
+def _tensorrt(path: str, device: str, **options: Any) -> Runner:  # an engine runs on the GPU it was built for
     from akd.runtime.backends.tensorrt import TensorRTRunner
 
     return TensorRTRunner(path, **options)
@@ -136,7 +136,7 @@ def _torch(path: str, device: str, **options: Any) -> Runner:
 
 
 @register_backend("triton")
-def _triton(path: str, device: str, **options: Any) -> Runner:
+def _triton(path: str, device: str, **options: Any) -> Runner:  # the server picks its own device
     from akd.runtime.backends.triton import TritonRunner
 
     return TritonRunner(path, **options)
