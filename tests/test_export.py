@@ -311,6 +311,25 @@ def test_parity_measures_directly():
     assert metrics["class_agreement"] == 0.5  # no real image: judged on all
 
 
+def test_fp16_is_judged_on_real_photos_with_a_looser_limit_for_generated_images():
+    """fp16's primary limit reads the real photos; generated images (where half precision rounds most) get a
+    looser one; a graph broken on either is still refused."""
+    maps = np.zeros((3, 1, 4, 4))
+    reference = {"saliency": maps, "class_id": np.array([1, 2, 3])}
+    real = np.array([False, True, True])
+
+    def fp16_failures(generated_error: float, real_error: float, classes=(1, 2, 3)) -> list[str]:
+        candidate = {"saliency": maps + np.array([generated_error, real_error, 0.0])[:, None, None, None],
+                     "class_id": np.array(classes)}
+        return parity.failures(parity.compare(reference, candidate, real), "fp16")
+
+    assert fp16_failures(0.0126, 0.008) == []  # the shipped surrogate's numbers before the calibrated map
+    assert fp16_failures(0.0126, 0.012) == ["saliency_max_abs_real"]
+    assert fp16_failures(0.05, 0.001) == ["saliency_max_abs_generated"]
+    assert fp16_failures(0.0, 0.0, classes=(1, 2, 4)) == ["class_agreement"]
+    assert fp16_failures(0.0, np.nan) == ["saliency_max_abs_real"]
+
+
 @pytest.mark.parametrize("fmt", ["engine", "all"])
 def test_engine_formats_stop_before_any_work_without_tensorrt(tiny_checkpoint, tmp_path, capsys, fmt):
     """Up to the point TensorRT is needed: refused with the install hint, nothing written."""
