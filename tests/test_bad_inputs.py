@@ -203,8 +203,9 @@ def test_nan_graph_fails_every_gate_and_the_runtime(graph, tmp_path):
     with SaliencyEngine.load(str(tmp_path / "nan.onnx")) as engine, \
             pytest.raises(AkdError, match="nan.onnx: the model returned non-finite"):
         engine.explain(np.zeros((40, 50, 3), np.uint8))
-    nan_metrics = {"saliency_max_abs": float("nan"), "saliency_pearson": float("nan"), "top20_iou": float("nan"),
-                   "class_agreement": 1.0}
+    nan_maps = {"saliency": np.full((2, 1, 4, 4), np.nan), "class_id": np.array([1, 2])}
+    good_maps = {"saliency": np.zeros((2, 1, 4, 4)), "class_id": np.array([1, 2])}
+    nan_metrics = parity.compare(good_maps, nan_maps, real=np.array([False, True]))
     for precision in ("fp32", "fp16", "int8"):
         assert parity.failures(nan_metrics, precision)  # every precision's gate has a saliency limit
     assert drift(nan_metrics) == float("inf")

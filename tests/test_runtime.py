@@ -1,5 +1,6 @@
 import os
 import threading
+import time
 
 import cv2
 import numpy as np
@@ -266,64 +267,146 @@ def test_akd_profile_cli(exported, tmp_path, capsys):
     assert data["environment"]["onnxruntime"]
 
 
-def test_slot_pipeline_keeps_order_and_bounds_in_flight():
+class AsyncFakeCuda:
+    """A CUDA binding whose streams really run later: each stream is a worker thread executing its queue of
+    copies, kernels and event records in order; ``synchronize`` waits for that stream alone. Copies take
+    ``copy_s`` seconds, so overlap (or its absence) shows in wall time."""
+
+    name = "async-fake"
+
+    def __init__(self, copy_s: float = 0.0):
+        self.copy_s, self.released, self.streams = copy_s, 0, []
+
+    def pinned(self, shape, dtype):
+        return np.zeros(shape, dtype)
+
+    def device(self, nbytes):
+        return bytearray(nbytes)
+
+    def pointer(self, buffer):
+        return id(buffer)
+
+    def stream(self):
+        import queue
+        import threading
+
+        work: queue.Queue = queue.Queue()
+
+        def serve():
+            while True:
+                job = work.get()
+                job()
+                work.task_done()
+
+        threading.Thread(target=serve, daemon=True).start()
+        self.streams.append(work)
+        return work
+
+    def _later(self, stream, job):
+        stream.put(job)
+
+    def h2d(self, device, host, stream):
+        data = host.copy()  # what the pinned buffer holds when the copy is enqueued (the caller keeps it intact)
+
+        def copy():
+            time.sleep(self.copy_s)
+            device[: data.nbytes] = data.tobytes()
+        self._later(stream, copy)
+
+    def d2h(self, host, device, stream):
+        def copy():
+            time.sleep(self.copy_s)
+            host[...] = np.frombuffer(bytes(device[: host.nbytes]), host.dtype).reshape(host.shape)
+        self._later(stream, copy)
+
+    def event(self):
+        return [0.0]
+
+    def record(self, event, stream):
+        self._later(stream, lambda: event.__setitem__(0, time.perf_counter()))
+
+    def synchronize(self, stream):
+        stream.join()
+
+    def elapsed_ms(self, start, end):
+        return (end[0] - start[0]) * 1e3
+
+    def release(self, slot):
+        self.released += 1
+
+
+def _doubling_pipeline(api, slots: int, kernel_s: float = 0.0):
     from akd.runtime.cuda import OutputSpec, SlotPipeline
 
-    class FakeCuda:
-        """Synchronous stand-in for a CUDA binding; counts batches in flight."""
+    def compute(slot, n):  # "kernel" on the slot's stream: output = 2 * input, after kernel_s
+        def kernel():
+            time.sleep(kernel_s)
+            data = np.frombuffer(bytes(slot.device_in[: n * 12]), np.float32).reshape(n, 3)
+            slot.device_out["y"][: n * 12] = (2 * data).astype(np.float32).tobytes()
+        api._later(slot.stream, kernel)
 
-        name = "fake"
+    return SlotPipeline(api, 4, (3,), np.float32, {"y": OutputSpec((3,), np.float32)}, compute, slots=slots)
 
-        def __init__(self):
-            self.in_flight, self.max_in_flight = 0, 0
 
-        def pinned(self, shape, dtype):
-            return np.zeros(shape, dtype)
+def test_slot_pipeline_keeps_order_overlaps_and_frees_its_slots():
+    import threading
 
-        def device(self, nbytes):
-            return bytearray(nbytes)
+    batches = [np.full((1 + i % 4, 3), i, np.float32) for i in range(8)]
+    timings = {}
+    for slots in (1, 2):
+        api = AsyncFakeCuda(copy_s=0.01)
+        pipeline = _doubling_pipeline(api, slots, kernel_s=0.03)
+        started = time.perf_counter()
+        results = list(pipeline.run(batches))
+        timings[slots] = time.perf_counter() - started
+        for batch, result in zip(batches, results, strict=True):
+            np.testing.assert_array_equal(result["y"], 2 * batch)
+        pipeline.close()
+        assert api.released == slots
+    assert timings[2] <= 0.8 * timings[1], timings  # two slots: one batch's copies under the other's kernel
 
-        def pointer(self, buffer):
-            return id(buffer)
+    api = AsyncFakeCuda()
+    pipeline = _doubling_pipeline(api, 2)
+    for index, result in enumerate(pipeline.run(batches)):  # a free slot at every yield: no deadlock
+        outputs, stage_ms = pipeline.infer(batches[index])
+        np.testing.assert_array_equal(outputs["y"], result["y"])
+        assert set(stage_ms) == {"h2d", "compute", "d2h"} and stage_ms["compute"] >= 0
+    got = {}
+    threads = [threading.Thread(target=lambda i=i: got.__setitem__(i, pipeline.infer(batches[i])[0]["y"]))
+               for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for index, values in got.items():
+        np.testing.assert_array_equal(values, 2 * batches[index])
+    assert pipeline.free.qsize() == 2  # every slot returned
 
-        def stream(self):
-            return {"busy": False}
 
-        def h2d(self, device, host, stream):
-            device[: host.nbytes] = host.tobytes()
-            self.in_flight += 1
-            self.max_in_flight = max(self.max_in_flight, self.in_flight)
+def test_engine_keeps_two_batches_in_flight_on_a_pipelined_runner():
+    """SaliencyEngine.explain_batches (what stream() uses) submits batch i+1 before collecting batch i; results
+    come back in order."""
+    events = []
 
-        def d2h(self, host, device, stream):
-            host[...] = np.frombuffer(bytes(device[: host.nbytes]), host.dtype).reshape(host.shape)
+    class Pipelined(BrightnessRunner):
+        in_flight = 2
 
-        def event(self):
-            return [0.0]
+        def _submit(self, batch):
+            events.append(("submit", float(batch.mean())))
+            return batch
 
-        def record(self, event, stream):
-            event[0] = float(len(stream))
+        def _collect(self, batch):
+            events.append(("collect", float(batch.mean())))
+            return BrightnessRunner._infer(self, batch)
 
-        def synchronize(self, stream):
-            self.in_flight -= 1
-
-        def elapsed_ms(self, start, end):
-            return 0.0
-
-    api = FakeCuda()
-
-    def compute(slot, n):  # "kernel": output = 2 * input
-        data = np.frombuffer(bytes(slot.device_in[: n * 4 * 3]), np.float32).reshape(n, 3)
-        slot.device_out["y"][: n * 12] = (2 * data).astype(np.float32).tobytes()
-
-    pipeline = SlotPipeline(api, 4, (3,), np.float32, {"y": OutputSpec((3,), np.float32)}, compute, slots=2)
-    batches = [np.full((1 + i % 4, 3), i, np.float32) for i in range(9)]
-    results = list(pipeline.run(batches))
-    assert api.max_in_flight == 2
-    for batch, result in zip(batches, results, strict=True):
-        np.testing.assert_array_equal(result["y"], 2 * batch)
-    outputs, stage_ms = pipeline.infer(batches[3])
-    np.testing.assert_array_equal(outputs["y"], 2 * batches[3])
-    assert set(stage_ms) == {"h2d", "compute", "d2h"}
+    engine = SaliencyEngine(Pipelined(size=32))
+    frames = [np.full((20, 30, 3), 40 * i, np.uint8) for i in range(4)]
+    results = list(engine.explain_batches([[frame] for frame in frames]))
+    assert [r[0].saliency.mean() for r in results] == sorted(r[0].saliency.mean() for r in results)
+    kinds = [kind for kind, _ in events]
+    assert kinds == ["submit", "submit", "collect", "submit", "collect", "submit", "collect", "collect"]
+    assert [value for kind, value in events if kind == "collect"] == [value for kind, value in events
+                                                                      if kind == "submit"]
 
 
 cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="needs CUDA")

@@ -1,19 +1,23 @@
 """The pinned-memory / CUDA-stream pipeline shared by the GPU backends (TensorRT and torch).
 
-A *slot* owns page-locked host buffers, device buffers, one CUDA stream and four events. ``SlotPipeline.run``
-keeps up to ``len(slots)`` batches in flight: for each batch it fills a slot's pinned input, enqueues
-H2D copy -> compute -> D2H copy on that slot's stream and only then waits for the oldest slot, so one slot's
-copies overlap another's compute. Backends supply just the compute step.
+A *slot* owns page-locked host buffers, device buffers, one non-blocking CUDA stream and four events.
+``SlotPipeline.submit`` takes a free slot, fills its pinned input and enqueues H2D copy -> compute -> D2H copy on
+its stream without waiting; ``collect`` waits for that slot alone and frees it. So a caller (``run``, or the
+engine's video loop, or several threads) keeps up to ``len(slots)`` batches in flight: one slot's copies and the
+host's preprocessing overlap another's compute. No lock is held while a batch is in flight. Backends supply
+just the compute step.
 
-Three bindings implement the few CUDA calls needed: cuda-python (``cuda.bindings``, what NVIDIA's TensorRT samples
-use), pycuda (accepted when cuda-python is absent), and torch (for the torch backend, whose tensors already live in
-torch's allocator). All imports are lazy.
+Two bindings implement the few CUDA calls needed, both on the device's primary context (the one torch and
+TensorRT use, so buffers and streams are valid in every thread): cuda-python (``cuda.bindings``, what NVIDIA's
+TensorRT samples use) and torch (for the torch backend, whose tensors already live in torch's allocator). pycuda
+is not used: ``pycuda.autoinit`` makes a second context whose buffers other threads and libraries cannot use.
+All imports are lazy.
 """
 
 from __future__ import annotations
 
 import ctypes
-import threading
+import queue
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
@@ -53,11 +57,21 @@ class CudaPython:
     def pointer(self, buffer) -> int:
         return int(buffer)
 
-    def stream(self):
-        return self._check(self.rt.cudaStreamCreate())
+    def stream(self):  # non-blocking: never serialised behind the legacy default stream
+        return self._check(self.rt.cudaStreamCreateWithFlags(self.rt.cudaStreamNonBlocking))
 
     def stream_handle(self, stream) -> int:
         return int(stream)
+
+    def release(self, slot: Slot) -> None:
+        """Free what ``pinned``/``device``/``stream``/``event`` made for the slot."""
+        for array in (slot.host_in, *slot.host_out.values()):
+            self._check(self.rt.cudaFreeHost(array.ctypes.data))
+        for buffer in (slot.device_in, *slot.device_out.values()):
+            self._check(self.rt.cudaFree(buffer))
+        for event in slot.events:
+            self._check(self.rt.cudaEventDestroy(event))
+        self._check(self.rt.cudaStreamDestroy(slot.stream))
 
     def h2d(self, device, host: np.ndarray, stream) -> None:
         self._check(self.rt.cudaMemcpyAsync(int(device), host.ctypes.data, host.nbytes,
@@ -78,51 +92,6 @@ class CudaPython:
 
     def elapsed_ms(self, start, end) -> float:
         return float(self._check(self.rt.cudaEventElapsedTime(start, end)))
-
-
-class PyCuda:
-    """pycuda's driver API, for machines that have pycuda and not cuda-python."""
-
-    name = "pycuda"
-
-    def __init__(self):
-        import pycuda.autoinit  # noqa: F401 - creates the context
-        import pycuda.driver as driver
-
-        self.driver = driver
-
-    def pinned(self, shape, dtype) -> np.ndarray:
-        return self.driver.pagelocked_empty(shape, dtype)
-
-    def device(self, nbytes: int):
-        return self.driver.mem_alloc(nbytes)
-
-    def pointer(self, buffer) -> int:
-        return int(buffer)
-
-    def stream(self):
-        return self.driver.Stream()
-
-    def stream_handle(self, stream) -> int:
-        return int(stream.handle)
-
-    def h2d(self, device, host, stream) -> None:
-        self.driver.memcpy_htod_async(device, host, stream)
-
-    def d2h(self, host, device, stream) -> None:
-        self.driver.memcpy_dtoh_async(host, device, stream)
-
-    def event(self):
-        return self.driver.Event()
-
-    def record(self, event, stream) -> None:
-        event.record(stream)
-
-    def synchronize(self, stream) -> None:
-        stream.synchronize()
-
-    def elapsed_ms(self, start, end) -> float:
-        return float(end.time_since(start))
 
 
 class TorchCuda:
@@ -173,19 +142,18 @@ class TorchCuda:
     def elapsed_ms(self, start, end) -> float:
         return float(start.elapsed_time(end))
 
+    def release(self, slot: Slot) -> None:  # torch's caching allocator frees tensors when dropped
+        pass
+
 
 def cuda_api(prefer: str = "auto"):
-    """cuda-python first, then pycuda; ``prefer='torch'`` for the torch backend."""
+    """cuda-python (its runtime API works on the primary context); ``prefer='torch'`` for the torch backend."""
     if prefer == "torch":
         return TorchCuda()
-    errors = []
-    for binding in (CudaPython, PyCuda):
-        try:
-            return binding()
-        except ImportError as exc:
-            errors.append(f"{binding.name}: {exc}")
-    raise AkdError("the TensorRT backend needs cuda-python ('pip install cuda-python') or pycuda; "
-                   + "; ".join(errors))
+    try:
+        return CudaPython()
+    except ImportError as exc:
+        raise AkdError(f"the TensorRT backend needs cuda-python: pip install cuda-python ({exc})") from None
 
 
 @dataclass
@@ -211,6 +179,13 @@ def contract_outputs(config: dict[str, Any]) -> dict[str, OutputSpec]:
     return {name: OutputSpec(shape, dtype) for name, (dtype, shape) in contract.output_specs(config).items()}
 
 
+class Ticket:
+    """A batch in flight: its slot and sample count, until ``SlotPipeline.collect`` returns its outputs."""
+
+    def __init__(self, slot: Slot, count: int):
+        self.slot, self.count = slot, count
+
+
 class SlotPipeline:
     """Batches in flight over ``slots`` slots. ``compute(slot, n)`` enqueues the model on ``slot.stream`` reading
     ``slot.device_in`` and writing ``slot.device_out`` for the first ``n`` samples."""
@@ -222,11 +197,18 @@ class SlotPipeline:
             raise AkdError("the pipeline needs at least one slot")
         self.api, self.max_batch, self.compute = api, max_batch, compute
         self.input_shape, self.input_dtype, self.outputs = input_shape, np.dtype(input_dtype), outputs
-        self.slots = [self._make_slot() for _ in range(slots)]
+        self.slots: list[Slot] = []
+        try:
+            for _ in range(slots):
+                self.slots.append(self._make_slot())
+                if prepare is not None:
+                    prepare(self.slots[-1])
+        except BaseException:
+            self.close()
+            raise
+        self.free: queue.Queue[Slot] = queue.Queue()
         for slot in self.slots:
-            if prepare is not None:
-                prepare(slot)
-        self.lock = threading.Lock()
+            self.free.put(slot)
 
     def _make_slot(self) -> Slot:
         api = self.api
@@ -236,45 +218,61 @@ class SlotPipeline:
                     {name: api.device(array.nbytes) for name, array in host_out.items()},
                     api.stream(), [api.event() for _ in range(4)])
 
-    def _enqueue(self, slot: Slot, batch: np.ndarray) -> int:
+    def submit(self, batch: np.ndarray) -> Ticket:
+        """Enqueue a batch on a free slot (waiting for one when all are in flight) and return at once."""
         n = len(batch)
         if n > self.max_batch:
             raise AkdError(f"batch of {n} exceeds the pipeline's maximum {self.max_batch}")
-        api = self.api
-        slot.host_in[:n] = batch
-        start, copied_in, computed, copied_out = slot.events
-        api.record(start, slot.stream)
-        api.h2d(slot.device_in, slot.host_in[:n], slot.stream)
-        api.record(copied_in, slot.stream)
-        self.compute(slot, n)
-        api.record(computed, slot.stream)
-        for name, host in slot.host_out.items():
-            api.d2h(host[:n], slot.device_out[name], slot.stream)
-        api.record(copied_out, slot.stream)
-        return n
+        slot = self.free.get()
+        try:
+            api = self.api
+            slot.host_in[:n] = batch
+            start, copied_in, computed, copied_out = slot.events
+            api.record(start, slot.stream)
+            api.h2d(slot.device_in, slot.host_in[:n], slot.stream)
+            api.record(copied_in, slot.stream)
+            self.compute(slot, n)
+            api.record(computed, slot.stream)
+            for name, host in slot.host_out.items():
+                api.d2h(host[:n], slot.device_out[name], slot.stream)
+            api.record(copied_out, slot.stream)
+        except BaseException:
+            self.free.put(slot)
+            raise
+        return Ticket(slot, n)
 
-    def _collect(self, slot: Slot, n: int) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        """(the batch's outputs, its stage times from the slot's CUDA events)."""
-        api = self.api
-        api.synchronize(slot.stream)
-        start, copied_in, computed, copied_out = slot.events
-        stage_ms = {"h2d": api.elapsed_ms(start, copied_in), "compute": api.elapsed_ms(copied_in, computed),
-                    "d2h": api.elapsed_ms(computed, copied_out)}
-        return {name: host[:n].copy() for name, host in slot.host_out.items()}, stage_ms
-
-    def run(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
-        """Results in input order; at most ``len(slots)`` batches in flight."""
-        with self.lock:
-            pending: deque[tuple[Slot, int]] = deque()
-            for index, batch in enumerate(batches):
-                slot = self.slots[index % len(self.slots)]
-                if len(pending) == len(self.slots):
-                    yield self._collect(*pending.popleft())[0]
-                pending.append((slot, self._enqueue(slot, batch)))
-            while pending:
-                yield self._collect(*pending.popleft())[0]
+    def collect(self, ticket: Ticket) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        """Wait for the ticket's slot alone; (its outputs, its stage times from the slot's CUDA events)."""
+        slot, api = ticket.slot, self.api
+        try:
+            api.synchronize(slot.stream)
+            start, copied_in, computed, copied_out = slot.events
+            stage_ms = {"h2d": api.elapsed_ms(start, copied_in), "compute": api.elapsed_ms(copied_in, computed),
+                        "d2h": api.elapsed_ms(computed, copied_out)}
+            return {name: host[:ticket.count].copy() for name, host in slot.host_out.items()}, stage_ms
+        finally:
+            self.free.put(slot)
 
     def infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        with self.lock:
-            slot = self.slots[0]
-            return self._collect(slot, self._enqueue(slot, batch))
+        return self.collect(self.submit(batch))
+
+    def run(self, batches: Iterable[np.ndarray]) -> Iterator[dict[str, np.ndarray]]:
+        """Outputs in input order, up to ``len(slots)`` batches in flight; at each yield one slot is free, so the
+        caller may ``infer`` from inside the loop."""
+        pending: deque[Ticket] = deque()
+        try:
+            for batch in batches:
+                if len(pending) == len(self.slots):
+                    yield self.collect(pending.popleft())[0]
+                pending.append(self.submit(batch))
+            while pending:
+                yield self.collect(pending.popleft())[0]
+        finally:
+            for ticket in pending:  # an abandoned loop still returns its slots
+                self.collect(ticket)
+
+    def close(self) -> None:
+        """Free every slot's pinned and device memory, events and stream."""
+        for slot in self.slots:
+            self.api.release(slot)
+        self.slots = []

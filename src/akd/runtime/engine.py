@@ -9,8 +9,10 @@ back through the same affine placement (see ``akd.runtime.geometry``).
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections import deque
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import cv2
 import numpy as np
@@ -126,23 +128,38 @@ class SaliencyEngine:
         batch_frames = [frames] if single else list(frames)
         if not batch_frames:
             raise AkdError("no frames given")
-        results: list[Result] = []
         step = max(1, self.info.max_batch)
-        for start in range(0, len(batch_frames), step):
-            chunk = batch_frames[start:start + step]
+        chunks = (batch_frames[start:start + step] for start in range(0, len(batch_frames), step))
+        results = [result for chunk in self.explain_batches(chunks, model_resolution) for result in chunk]
+        return results[0] if single else results
+
+    def explain_batches(self, chunks: Iterable[Sequence[np.ndarray]], model_resolution: bool = False
+                        ) -> Iterator[list[Result]]:
+        """Each chunk's results, in order, with up to two chunks in flight on the CUDA pipelines: chunk i+1 is
+        preprocessed and copied to the device while chunk i computes (other backends run one at a time).
+        Each chunk must fit the model's maximum batch."""
+        depth = max(1, min(2, self.runner.in_flight))
+        pending: deque[tuple[Any, list[Placement], float, float]] = deque()
+        for chunk in chunks:
             t0 = time.perf_counter()
             batch, placements = self.preprocess(chunk)
             t1 = time.perf_counter()
-            outputs, runner_ms = self.runner.infer(batch)
-            t2 = time.perf_counter()
-            chunk_results = self._results(outputs, placements, model_resolution)
-            t3 = time.perf_counter()
-            stage_ms = {"preprocess": (t1 - t0) * 1e3, **runner_ms, "infer_total": (t2 - t1) * 1e3,
-                        "postprocess": (t3 - t2) * 1e3}  # per call, so threads sharing the engine never mix them
-            for result in chunk_results:
-                result.stage_ms = stage_ms
-            results += chunk_results
-        return results[0] if single else results
+            pending.append((self.runner.submit(batch), placements, t0, t1))
+            if len(pending) == depth:
+                yield self._finish(*pending.popleft(), model_resolution)
+        while pending:
+            yield self._finish(*pending.popleft(), model_resolution)
+
+    def _finish(self, handle, placements: list[Placement], t0: float, t1: float,
+                model_resolution: bool) -> list[Result]:
+        outputs, runner_ms = self.runner.collect(handle)
+        t2 = time.perf_counter()
+        results = self._results(outputs, placements, model_resolution)
+        stage_ms = {"preprocess": (t1 - t0) * 1e3, **runner_ms, "infer_total": (t2 - t1) * 1e3,
+                    "postprocess": (time.perf_counter() - t2) * 1e3}  # per call: threads never mix them
+        for result in results:
+            result.stage_ms = stage_ms
+        return results
 
     __call__ = explain
 

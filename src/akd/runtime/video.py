@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,14 +186,17 @@ def explain_stream(engine, source: Source, smoothing: float = 0.0, queue_size: i
     """Decode in a thread, infer here, yield (frame, result); EMA-smooth the maps when ``smoothing`` > 0."""
     if not 0.0 <= smoothing < 1.0:
         raise AkdError(f"smoothing must be in [0, 1), not {smoothing}")
+    batch_size = max(1, min(batch_size, engine.info.max_batch))  # a chunk is one model batch
     frames: queue.Queue = queue.Queue(maxsize=max(queue_size, batch_size))
     stop = threading.Event()
     decoder = threading.Thread(target=_decode_into, args=(source, frames, stop), daemon=True)
     decoder.start()
     previous: np.ndarray | None = None
-    try:
-        done = False
-        while not done:
+    held: deque[list[np.ndarray]] = deque()  # frames of the chunks in flight, to pair with their results
+
+    def chunks() -> Iterator[list[np.ndarray]]:
+        item = None
+        while item is not _END:
             batch = []
             item = frames.get()
             while item is not _END:
@@ -203,10 +207,13 @@ def explain_stream(engine, source: Source, smoothing: float = 0.0, queue_size: i
                     item = frames.get_nowait() if not source.live else frames.get(timeout=0.001)
                 except queue.Empty:
                     break
-            done = item is _END
-            if not batch:
-                continue
-            for frame, result in zip(batch, engine.explain(batch), strict=True):
+            if batch:
+                held.append(batch)
+                yield batch
+
+    try:
+        for results in engine.explain_batches(chunks()):
+            for frame, result in zip(held.popleft(), results, strict=True):
                 if smoothing and previous is not None and previous.shape == result.saliency.shape:
                     result.saliency = smoothing * previous + (1.0 - smoothing) * result.saliency
                 previous = result.saliency

@@ -57,13 +57,28 @@ class Runner:
 
     info: ModelInfo
     active = True
+    in_flight = 1  # batches ``submit`` can hold before ``collect``: the CUDA pipelines' slot count
 
     def infer(self, batch: np.ndarray) -> Inference:
+        return self.collect(self.submit(batch))
+
+    def submit(self, batch: np.ndarray) -> Any:
+        """Start a batch and return a handle for ``collect``: the CUDA pipelines return at once (copies and compute
+        run on a stream), the other backends finish here."""
         if not self.active:
             raise AkdError(f"{self.info.source}: this runner was closed")
         self.check_input(batch)
-        outputs, stage_ms = self._infer(batch)
+        return self._submit(batch)
+
+    def collect(self, handle: Any) -> Inference:
+        outputs, stage_ms = self._collect(handle)
         return Inference(outputs, stage_ms)
+
+    def _submit(self, batch: np.ndarray) -> Any:
+        return self._infer(batch)
+
+    def _collect(self, handle: Any) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        return handle
 
     def check_input(self, batch: np.ndarray) -> None:
         """The batch must be what the graph takes: its dtype, per-sample shape and at most ``max_batch`` samples."""

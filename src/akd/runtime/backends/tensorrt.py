@@ -57,10 +57,15 @@ class TensorRTRunner(Runner):
 
         self.pipeline: SlotPipeline | None = SlotPipeline(self.api, batch_limit, input_shape, input_dtype, specs,
                                                           compute, slots=slots, prepare=prepare)
+        self.in_flight = slots
 
-    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    def _submit(self, batch: np.ndarray):
         assert self.pipeline is not None  # set until _release
-        return self.pipeline.infer(batch)
+        return self.pipeline.submit(batch)
+
+    def _collect(self, ticket) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        assert self.pipeline is not None
+        return self.pipeline.collect(ticket)
 
     def run(self, batches):
         if self.pipeline is None:
@@ -68,4 +73,6 @@ class TensorRTRunner(Runner):
         yield from self.pipeline.run(batches)
 
     def _release(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.pipeline = None

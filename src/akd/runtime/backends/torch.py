@@ -40,6 +40,7 @@ class TorchRunner(Runner):
         self.lock = threading.Lock()
         self.last_stage_ms: dict[str, float] = {}
         self.pipeline = self._cuda_pipeline(slots) if self.device.type == "cuda" else None
+        self.in_flight = slots if self.pipeline is not None else 1
 
     def _forward(self, images):
         torch = self.torch
@@ -87,9 +88,15 @@ class TorchRunner(Runner):
         return SlotPipeline(TorchCuda(self.device.index or 0), max_batch, (3, height, width), np.float32, specs,
                             compute, slots=slots, prepare=prepare)
 
-    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+    def _submit(self, batch: np.ndarray):
         if self.pipeline is not None:
-            return self.pipeline.infer(np.ascontiguousarray(batch, dtype=np.float32))
+            return self.pipeline.submit(np.ascontiguousarray(batch, dtype=np.float32))
+        return self._infer(batch)
+
+    def _collect(self, handle) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        return self.pipeline.collect(handle) if self.pipeline is not None else handle
+
+    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         started = time.perf_counter()
         with self.lock:
             values = self._forward(self.torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
@@ -104,5 +111,7 @@ class TorchRunner(Runner):
         yield from self.pipeline.run(np.ascontiguousarray(b, dtype=np.float32) for b in batches)
 
     def _release(self) -> None:
+        if self.pipeline is not None:
+            self.pipeline.close()
         self.model = None
         self.pipeline = None
