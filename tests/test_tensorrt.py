@@ -72,6 +72,58 @@ def test_sidecar_round_trip_and_mismatch_messages(tmp_path):
         check_sidecar(loaded, "11.4.1", {"name": "Orin", "compute_capability": "8.7"}, Path("m.engine"))
     loaded["hardware_compatibility"] = "ampere-plus"
     check_sidecar(loaded, "11.4.1", {"name": "A100", "compute_capability": "8.0"}, Path("m.engine"))
+    with pytest.raises(AkdError, match="hardware compatibility ampere-plus.*sm 7.5"):
+        check_sidecar(loaded, "11.4.1", {"name": "T4", "compute_capability": "7.5"}, Path("m.engine"))
+    loaded["hardware_compatibility"] = "same-compute-capability"  # not "any GPU": the sm it was built for
+    with pytest.raises(AkdError, match="built for NVIDIA H200"):
+        check_sidecar(loaded, "11.4.1", {"name": "A100", "compute_capability": "8.0"}, Path("m.engine"))
+    check_sidecar(loaded, "11.4.1", {"name": "H100", "compute_capability": "9.0"}, Path("m.engine"))
+
+
+class _FakeEngine:
+    """The ICudaEngine calls check_engine_io makes, over a table of (mode, dtype, shape)."""
+
+    def __init__(self, tensors: dict):
+        self.tensors = tensors
+        self.num_io_tensors = len(tensors)
+
+    def get_tensor_name(self, index: int) -> str:
+        return list(self.tensors)[index]
+
+    def get_tensor_mode(self, name: str) -> str:
+        return self.tensors[name][0]
+
+    def get_tensor_dtype(self, name: str):
+        return self.tensors[name][1]
+
+    def get_tensor_shape(self, name: str) -> tuple:
+        return self.tensors[name][2]
+
+
+def test_engine_io_is_checked_against_the_runtime_buffers():
+    import numpy as np
+
+    from akd import contract
+    from akd.deploy.tensorrt import check_engine_io
+
+    config = {"input_size": [32, 32], "classes": ["a", "b", "c"]}
+    expected = {contract.INPUT: contract.input_spec(config, "float-nchw"), **contract.output_specs(config)}
+    good = {contract.INPUT: ("in", np.float32, (-1, 3, 32, 32)), "saliency": ("out", np.float32, (-1, 1, 32, 32)),
+            "logits": ("out", np.float32, (-1, 3)), "class_id": ("out", np.int32, (-1,)),
+            "score": ("out", np.float32, (-1,))}
+
+    def check(tensors):
+        check_engine_io(_FakeEngine(tensors), expected, contract.INPUT, lambda dtype: dtype, "in")
+
+    check(good)
+    with pytest.raises(AkdError, match="'saliency' is float16 .*hold float32"):
+        check({**good, "saliency": ("out", np.float16, (-1, 1, 32, 32))})  # fp16 I/O: garbage if unchecked
+    with pytest.raises(AkdError, match="'logits' is float32 \\(5,\\)"):
+        check({**good, "logits": ("out", np.float32, (-1, 5))})
+    with pytest.raises(AkdError, match="not the akd contract's"):
+        check({name: value for name, value in good.items() if name != "score"})
+    with pytest.raises(AkdError, match="'class_id' is an input"):
+        check({**good, "class_id": ("in", np.int32, (-1,))})
 
 
 def test_read_sidecar_errors(tmp_path):

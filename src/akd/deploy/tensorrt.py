@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 import akd
 from akd import contract
 from akd.util import AkdError, atomic_path, sha256_file
@@ -142,10 +144,34 @@ def check_sidecar(data: dict[str, Any], tensorrt_version: str, device: dict[str,
     if data["tensorrt_version"] != tensorrt_version and not data.get("version_compatible"):
         raise AkdError(f"{engine}: built with TensorRT {data['tensorrt_version']}, this is {tensorrt_version}; "
                        f"{rebuild}")
-    same_gpu = data["compute_capability"] == device["compute_capability"]
-    if not same_gpu and data.get("hardware_compatibility", "none") == "none":
-        raise AkdError(f"{engine}: built for {data['gpu_name']} (sm {data['compute_capability']}), this is "
-                       f"{device['name']} (sm {device['compute_capability']}); {rebuild}")
+    built, here = data["compute_capability"], device["compute_capability"]
+    level = data.get("hardware_compatibility", "none")
+    # ampere-plus engines run on any sm >= 8.0; none and same-compute-capability only on the sm they were built for
+    fits = int(here.split(".")[0]) >= 8 if level == "ampere-plus" else built == here
+    if not fits:
+        raise AkdError(f"{engine}: built for {data['gpu_name']} (sm {built}, hardware compatibility {level}), "
+                       f"this is {device['name']} (sm {here}); {rebuild}")
+
+
+def check_engine_io(engine, expected: dict[str, tuple[Any, tuple[int, ...]]], input_name: str, nptype,
+                    input_mode) -> None:
+    """Every I/O tensor of a deserialised engine must be what the runtime's buffers hold: the contract's names,
+    direction, dtype and per-sample shape (an engine with fp16 I/O would otherwise read and write garbage).
+    ``nptype``: TensorRT's dtype -> numpy mapping (``trt.nptype``); ``input_mode``: ``trt.TensorIOMode.INPUT``."""
+    found = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
+    if found != set(expected):
+        raise AkdError(f"the engine's tensors {sorted(found)} are not the akd contract's {sorted(expected)}; "
+                       "rebuild it from an akd graph")
+    for name, (dtype, shape) in expected.items():
+        is_input = engine.get_tensor_mode(name) == input_mode
+        if is_input != (name == input_name):
+            raise AkdError(f"engine tensor '{name}' is an {'input' if is_input else 'output'}; the contract "
+                           "says otherwise")
+        got_dtype = np.dtype(nptype(engine.get_tensor_dtype(name)))
+        got_shape = tuple(int(v) for v in engine.get_tensor_shape(name))[1:]
+        if got_dtype != np.dtype(dtype) or got_shape != tuple(shape):
+            raise AkdError(f"engine tensor '{name}' is {got_dtype} {got_shape} per sample; the runtime's buffers "
+                           f"hold {np.dtype(dtype)} {tuple(shape)} (rebuild the engine from the graph akd exported)")
 
 
 def cuda_device() -> dict[str, Any]:
@@ -229,6 +255,9 @@ def _builder_config(trt, builder, network, plan: BuildPlan, options: EngineOptio
     level = HARDWARE_LEVELS.get(options.hardware_compatibility)
     if level is None:
         raise AkdError(f"--hardware-compatibility must be one of {', '.join(HARDWARE_LEVELS)}")
+    if not hasattr(trt.HardwareCompatibilityLevel, level):  # SAME_COMPUTE_CAPABILITY arrived in TensorRT 10.9
+        raise AkdError(f"--hardware-compatibility {options.hardware_compatibility} needs a newer TensorRT than "
+                       f"{trt.__version__}")
     config.hardware_compatibility_level = getattr(trt.HardwareCompatibilityLevel, level)
     cache_bytes = Path(options.timing_cache).read_bytes() if options.timing_cache and \
         os.path.isfile(options.timing_cache) else b""
@@ -250,7 +279,7 @@ def entropy_calibrator(onnx_path: Path, metadata: dict[str, str], options: Engin
     data = calibration_data(options.calib_data, options.num_images)
     reader = ImageCalibrationReader(data.samples, config, metadata.get(contract.INPUT_FORMAT_KEY, "float-nchw"))
     cache_path = Path(str(onnx_path) + f".{data.fingerprint[:16]}.calib")
-    batch_size = 8
+    batch_size = options.batch[1]  # TensorRT calibrates at the calibration profile's OPT shape, exactly
 
     class Calibrator(trt.IInt8EntropyCalibrator2):
         def __init__(self):
@@ -263,8 +292,8 @@ def entropy_calibrator(onnx_path: Path, metadata: dict[str, str], options: Engin
         def get_batch(self, names: list[str]) -> list[int] | None:
             images: list[np.ndarray] = []
             while len(images) < batch_size and (item := reader.get_next()) is not None:
-                images.append(item["images"])
-            if not images:
+                images.append(item[contract.INPUT])
+            if len(images) < batch_size:  # a partial last batch would not match the profile: calibration ends
                 return None
             batch = np.concatenate(images)
             self.device_batch = torch.from_numpy(batch).cuda()

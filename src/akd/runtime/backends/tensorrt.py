@@ -16,7 +16,14 @@ from akd.util import AkdError
 
 class TensorRTRunner(Runner):
     def __init__(self, path: str, slots: int = 2, binding: str = "auto", max_batch: int | None = None):
-        from akd.deploy.tensorrt import check_sidecar, cuda_device, read_sidecar, require_tensorrt, sidecar_for
+        from akd.deploy.tensorrt import (
+            check_engine_io,
+            check_sidecar,
+            cuda_device,
+            read_sidecar,
+            require_tensorrt,
+            sidecar_for,
+        )
         from akd.runtime.cuda import SlotPipeline, contract_outputs, cuda_api
 
         try:
@@ -30,6 +37,8 @@ class TensorRTRunner(Runner):
         check_sidecar(side, version, cuda_device(), engine_path)
         self.logger = trt.Logger(trt.Logger.WARNING)
         self.runtime = trt.Runtime(self.logger)
+        if side.get("version_compatible"):  # such engines embed the runtime that plans them (lean runtime)
+            self.runtime.engine_host_code_allowed = True
         self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
         if self.engine is None:
             raise AkdError(f"{path}: TensorRT could not deserialise the engine; rebuild it with akd-export")
@@ -40,18 +49,27 @@ class TensorRTRunner(Runner):
                               {"backend": "tensorrt", "tensorrt": version, "gpu": side["gpu_name"]})
         specs = contract_outputs(config)
         input_dtype, input_shape = contract.input_spec(config, self.info.input_format)
+        expected = {INPUT: (input_dtype, input_shape),
+                    **{name: (spec.dtype, spec.shape) for name, spec in specs.items()}}
+        try:
+            check_engine_io(self.engine, expected, INPUT, trt.nptype, trt.TensorIOMode.INPUT)
+        except AkdError as exc:
+            raise AkdError(f"{path}: {exc}") from None
         self.api = cuda_api(binding)
 
         def prepare(slot) -> None:
             context = self.engine.create_execution_context()
-            context.set_tensor_address(INPUT, self.api.pointer(slot.device_in))
-            for name in OUTPUTS:
-                context.set_tensor_address(name, self.api.pointer(slot.device_out[name]))
+            addresses = {INPUT: slot.device_in, **slot.device_out}
+            for name in (INPUT, *OUTPUTS):
+                if not context.set_tensor_address(name, self.api.pointer(addresses[name])):
+                    raise AkdError(f"{path}: TensorRT refused the address of tensor '{name}'")
             slot.state["context"] = context
 
         def compute(slot, n: int) -> None:
             context = slot.state["context"]
-            context.set_input_shape(INPUT, (n, *input_shape))
+            if not context.set_input_shape(INPUT, (n, *input_shape)):
+                raise AkdError(f"{path}: TensorRT refused a batch of {n} (the engine's profile: "
+                               f"{side['profile']['min']}..{side['profile']['max']})")
             if not context.execute_async_v3(self.api.stream_handle(slot.stream)):
                 raise AkdError(f"{path}: TensorRT execution failed")
 
