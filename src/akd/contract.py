@@ -10,6 +10,7 @@ install imports it.
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,3 +74,45 @@ def to_input(images: np.ndarray, config: dict[str, Any], input_format: str) -> n
 def config_of(metadata: dict[str, str]) -> dict[str, Any]:
     """The surrogate config a graph's metadata carries."""
     return json.loads(metadata[CONFIG_KEY])
+
+
+def read_metadata(path: str) -> dict[str, str]:
+    """An ONNX file's ``metadata_props`` without the onnx package (the runtime-only install has none): a walk over
+    the top-level ModelProto's protobuf fields, keeping field 14's key/value pairs and skipping the rest."""
+    data = memoryview(Path(path).read_bytes())
+    metadata: dict[str, str] = {}
+    for number, value in _fields(data):
+        if number == 14 and isinstance(value, memoryview):
+            entry = {n: bytes(v).decode() for n, v in _fields(value) if isinstance(v, memoryview)}
+            metadata[entry.get(1, "")] = entry.get(2, "")
+    return metadata
+
+
+def _fields(data: memoryview):
+    """(field number, value) of one protobuf message: varints as int, length-delimited fields as memoryview."""
+    position = 0
+
+    def varint() -> int:
+        nonlocal position
+        result, shift = 0, 0
+        while True:
+            byte = data[position]
+            position += 1
+            result |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                return result
+            shift += 7
+
+    while position < len(data):
+        key = varint()
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            yield number, varint()
+        elif wire == 2:
+            length = varint()
+            yield number, data[position:position + length]
+            position += length
+        elif wire in (1, 5):  # fixed 64 / 32 bits
+            position += 8 if wire == 1 else 4
+        else:
+            raise ValueError(f"not an ONNX model (protobuf wire type {wire})")

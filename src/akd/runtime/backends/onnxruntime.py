@@ -3,7 +3,9 @@ installed. ``InferenceSession.run`` is thread-safe, so one runner serves many th
 
 from __future__ import annotations
 
+import os
 import time
+from pathlib import Path
 
 import numpy as np
 
@@ -11,15 +13,35 @@ from akd import contract
 from akd.runtime.backends import ModelInfo, Runner
 from akd.util import AkdError
 
-GPU_PROVIDERS = ("TensorrtExecutionProvider", "CUDAExecutionProvider")
+ENGINE_CACHE = Path(os.environ.get("AKD_TRT_CACHE_DIR", Path.home() / ".cache" / "akd" / "onnxruntime-tensorrt"))
+
+
+def providers_for(available: list[str], device: str, precision: str, cache_dir: Path = ENGINE_CACHE) -> list:
+    """onnxruntime's providers, best first. The TensorRT provider keeps its engines and timing cache in
+    ``cache_dir`` (a second process loads the engine instead of building it for minutes) and builds fp16 kernels
+    for an fp16 graph and int8 ones for a Q/DQ graph."""
+    providers: list = []
+    if device != "cpu" and "TensorrtExecutionProvider" in available:
+        providers.append(("TensorrtExecutionProvider", {
+            "trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache_dir),
+            "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache_dir),
+            "trt_fp16_enable": precision == "fp16", "trt_int8_enable": precision == "int8"}))
+    if device != "cpu" and "CUDAExecutionProvider" in available:
+        providers.append("CUDAExecutionProvider")
+    return [*providers, "CPUExecutionProvider"]
 
 
 class OnnxRuntimeRunner(Runner):
     def __init__(self, path: str, device: str = "auto", max_batch: int = 32, threads: int | None = None):
         import onnxruntime as ort
 
-        available = ort.get_available_providers()
-        providers = [p for p in GPU_PROVIDERS if p in available and device != "cpu"] + ["CPUExecutionProvider"]
+        try:  # the graph's precision decides the TensorRT provider's kernels, before the session exists
+            precision = contract.read_metadata(path).get(contract.PRECISION_KEY, "fp32")
+        except (OSError, ValueError, IndexError, UnicodeDecodeError):
+            precision = "fp32"  # not an ONNX file: the session below says so in one line
+        providers = providers_for(ort.get_available_providers(), device, precision)
+        if isinstance(providers[0], tuple):  # the TensorRT provider writes its engine cache there
+            ENGINE_CACHE.mkdir(parents=True, exist_ok=True)
         if device == "cuda" and len(providers) == 1:
             raise AkdError("device cuda requested but onnxruntime has no CUDA provider (install onnxruntime-gpu)")
         options = ort.SessionOptions()

@@ -16,32 +16,12 @@ from akd.util import AkdError
 
 class TensorRTRunner(Runner):
     def __init__(self, path: str, slots: int = 2, binding: str = "auto", max_batch: int | None = None):
-        from akd.deploy.tensorrt import (
-            check_engine_io,
-            check_sidecar,
-            cuda_device,
-            read_sidecar,
-            require_tensorrt,
-            sidecar_for,
-        )
+        from akd.deploy.tensorrt import check_engine_io
         from akd.runtime.cuda import SlotPipeline, contract_outputs, cuda_api
 
-        try:
-            version = require_tensorrt()
-        except AkdError as exc:
-            raise AkdError(f"{path}: cannot load this engine: {exc}") from None
+        side, version = self._load(path)
         import tensorrt as trt
 
-        engine_path = Path(path)
-        side = read_sidecar(sidecar_for(engine_path))
-        check_sidecar(side, version, cuda_device(), engine_path)
-        self.logger = trt.Logger(trt.Logger.WARNING)
-        self.runtime = trt.Runtime(self.logger)
-        if side.get("version_compatible"):  # such engines embed the runtime that plans them (lean runtime)
-            self.runtime.engine_host_code_allowed = True
-        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
-        if self.engine is None:
-            raise AkdError(f"{path}: TensorRT could not deserialise the engine; rebuild it with akd-export")
         config = side["config"]
         profile_max = side["profile"]["max"]
         batch_limit = min(max_batch or profile_max, profile_max)
@@ -76,6 +56,28 @@ class TensorRTRunner(Runner):
         self.pipeline: SlotPipeline | None = SlotPipeline(self.api, batch_limit, input_shape, input_dtype, specs,
                                                           compute, slots=slots, prepare=prepare)
         self.in_flight = slots
+
+    def _load(self, path: str) -> tuple[dict, str]:
+        """Check the sidecar against this machine, then deserialise; (sidecar, TensorRT version)."""
+        from akd.deploy.tensorrt import check_sidecar, cuda_device, read_sidecar, require_tensorrt, sidecar_for
+
+        try:
+            version = require_tensorrt()
+        except AkdError as exc:
+            raise AkdError(f"{path}: cannot load this engine: {exc}") from None
+        import tensorrt as trt
+
+        engine_path = Path(path)
+        side = read_sidecar(sidecar_for(engine_path))
+        check_sidecar(side, version, cuda_device(), engine_path)
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.runtime = trt.Runtime(self.logger)
+        if side.get("version_compatible"):  # such engines embed the runtime that plans them (lean runtime)
+            self.runtime.engine_host_code_allowed = True
+        self.engine = self.runtime.deserialize_cuda_engine(engine_path.read_bytes())
+        if self.engine is None:
+            raise AkdError(f"{path}: TensorRT could not deserialise the engine; rebuild it with akd-export")
+        return side, version
 
     def _submit(self, batch: np.ndarray):
         assert self.pipeline is not None  # set until _release
