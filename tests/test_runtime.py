@@ -585,3 +585,12 @@ def test_a_registered_backend_is_picked_by_suffix(tmp_path):
         del BACKEND_LOADERS["brightness"], BACKEND_SUFFIXES[".bright"]
     with pytest.raises(AkdError, match=r"unknown model type \(expected .engine, .onnx, .plan, .safetensors\)"):
         open_runner(str(tmp_path / "m.bright"))
+
+
+def test_cuda_graph_buckets():
+    from akd.runtime.backends.torch import batch_buckets, bucket_for
+
+    assert batch_buckets(32) == [1, 2, 4, 8, 16, 32] and batch_buckets(12) == [1, 2, 4, 8, 12]
+    assert batch_buckets(1) == [1]
+    buckets = batch_buckets(12)
+    assert [bucket_for(n, buckets) for n in (1, 2, 3, 5, 8, 9, 12)] == [1, 2, 4, 8, 8, 12, 12]

@@ -1,9 +1,10 @@
 """torch backend: the surrogate itself (the reference, and the GPU check vehicle).
 
 CPU: plain eager inference. CUDA: the shared pinned-memory/stream ``SlotPipeline`` with torch as the CUDA binding,
-optional fp16 (autocast) and CUDA graphs (one captured graph per slot at the maximum batch; smaller batches are
-padded, so the graph replays with fixed shapes). The student keeps its attentive differences on its modules during
-a forward pass, so calls are serialised with a lock (the CUDA pipeline has its own).
+optional fp16 (convolution and linear weights halved once; autocast for the rest, fp32 where the model pins it)
+and CUDA graphs (captured per slot and per batch-size bucket - powers of two up to the maximum - on first use, so
+a batch of 1 replays a batch-1 graph). The student keeps its attentive differences on its modules during a
+forward pass, so enqueueing a forward is serialised with a lock; the GPU work of different slots still overlaps.
 """
 
 from __future__ import annotations
@@ -16,6 +17,16 @@ import numpy as np
 from akd.contract import OUTPUTS
 from akd.runtime.backends import ModelInfo, Runner
 from akd.util import AkdError
+
+
+def batch_buckets(max_batch: int) -> list[int]:
+    """Batch sizes a CUDA graph is captured for: powers of two below ``max_batch``, and ``max_batch``."""
+    return sorted({1 << k for k in range(max_batch.bit_length()) if 1 << k < max_batch} | {max_batch})
+
+
+def bucket_for(n: int, buckets: list[int]) -> int:
+    """The smallest bucket that holds ``n`` samples."""
+    return next(bucket for bucket in buckets if bucket >= n)
 
 
 class TorchRunner(Runner):
@@ -35,6 +46,12 @@ class TorchRunner(Runner):
         surrogate = load_surrogate(path)
         self.torch, self.device, self.fp16, self.cuda_graphs = torch, torch.device(device), fp16, cuda_graphs
         self.model = DeployableSurrogate(surrogate, "float-nchw").eval().to(self.device)
+        if fp16:  # convolution and linear weights in half once, so autocast never re-casts them per forward
+            for module in self.model.modules():
+                if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
+                    module.half()
+        if self.device.type == "cuda":
+            torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: pick the fastest kernels once
         self.info = ModelInfo(surrogate.config, "float-nchw", max_batch, "fp16" if fp16 else "fp32", path,
                               {"backend": "torch", "device": str(self.device), "cuda_graphs": cuda_graphs})
         self.lock = threading.Lock()
@@ -62,26 +79,40 @@ class TorchRunner(Runner):
                     for name in OUTPUTS}
             return images, outs
 
-        def prepare(slot) -> None:
-            if not self.cuda_graphs:
-                return
+        buckets = batch_buckets(max_batch)
+
+        def capture(slot, bucket: int):
+            """A CUDA graph of the forward at batch ``bucket`` on this slot's buffers (captured on first use)."""
             images, outs = views(slot)
-            images.zero_()
             with torch.cuda.stream(slot.stream):
                 for _ in range(2):  # warm up kernels and allocator on the capture stream
-                    self._forward(images)
+                    self._forward(images[:bucket])
                 graph = torch.cuda.CUDAGraph()
                 with torch.cuda.graph(graph, stream=slot.stream):
-                    for name, value in zip(OUTPUTS, self._forward(images), strict=True):
-                        outs[name].copy_(value)
-            slot.state["graph"] = graph
+                    for name, value in zip(OUTPUTS, self._forward(images[:bucket]), strict=True):
+                        outs[name][:bucket].copy_(value)
+            return graph
+
+        def prepare(slot) -> None:
+            if self.cuda_graphs:
+                views(slot)[0].zero_()  # rows past a batch's n are computed in its bucket: keep them finite
+                slot.state["graphs"] = {}
 
         def compute(slot, n: int) -> None:
+            with self.lock:  # one Python-side forward (or capture) at a time; kernels run async on the stream
+                enqueue(slot, n)
+
+        def enqueue(slot, n: int) -> None:
             images, outs = views(slot)
+            if self.cuda_graphs:
+                bucket = bucket_for(n, buckets)  # batch-1 video replays a batch-1 graph, not a batch-32 one
+                graphs = slot.state["graphs"]
+                if bucket not in graphs:
+                    graphs[bucket] = capture(slot, bucket)
+                with torch.cuda.stream(slot.stream):
+                    graphs[bucket].replay()  # rows n..bucket are stale inputs; their outputs are never copied back
+                return
             with torch.cuda.stream(slot.stream):
-                if "graph" in slot.state:
-                    slot.state["graph"].replay()  # fixed shape: rows past n are stale and never copied back
-                    return
                 for name, value in zip(OUTPUTS, self._forward(images[:n]), strict=True):
                     outs[name][:n].copy_(value)
 
