@@ -12,7 +12,6 @@ import numpy as np
 import torch
 
 from akd.contract import CLASS_ID, INPUT, OUTPUTS, SALIENCY
-from akd.data.preprocessing import real_images
 from akd.util import AkdError
 
 # precision -> (metric, comparison, limit); the acceptance limits.
@@ -54,6 +53,8 @@ def generated_images(height: int, width: int, count: int = 8, seed: int = 0) -> 
 
 
 def parity_images(config: dict, data: str | None = None, real_count: int = 32) -> ParityImages:
+    from akd.data.preprocessing import real_images  # decoding (PIL): only the export needs it, not the GPU check
+
     height, width = config["input_size"]
     generated = generated_images(height, width)
     real = real_images(config, data, real_count)

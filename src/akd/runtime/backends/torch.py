@@ -31,11 +31,11 @@ def bucket_for(n: int, buckets: list[int]) -> int:
 
 class TorchRunner(Runner):
     def __init__(self, path: str, device: str = "auto", max_batch: int = 32, fp16: bool = False,
-                 cuda_graphs: bool = False, slots: int = 2):
+                 cuda_graphs: bool = False, slots: int = 2, module=None, config: dict | None = None):
+        """``path``: a .safetensors surrogate. Or ``module`` (any module returning the contract's outputs, e.g. a
+        TorchScript of ``DeployableSurrogate``, which needs neither timm nor the checkpoint code) with its
+        ``config``; ``path`` then only names it."""
         import torch
-
-        from akd.deploy.graph import DeployableSurrogate
-        from akd.models.surrogate import load_surrogate
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,19 +43,24 @@ class TorchRunner(Runner):
             raise AkdError("device cuda requested but CUDA is not available")
         if (fp16 or cuda_graphs) and device != "cuda":
             raise AkdError("fp16 and CUDA graphs need the torch backend on a CUDA device")
-        surrogate = load_surrogate(path)
+        if module is None:
+            from akd.deploy.graph import DeployableSurrogate
+            from akd.models.surrogate import load_surrogate
+
+            surrogate = load_surrogate(path)
+            module, config = DeployableSurrogate(surrogate, "float-nchw"), surrogate.config
+        assert config is not None
         self.torch, self.device, self.fp16, self.cuda_graphs = torch, torch.device(device), fp16, cuda_graphs
-        self.model = DeployableSurrogate(surrogate, "float-nchw").eval().to(self.device)
+        self.model = module.eval().to(self.device)
         if fp16:  # convolution and linear weights in half once, so autocast never re-casts them per forward
-            for module in self.model.modules():
-                if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear)):
-                    module.half()
+            for child in self.model.modules():
+                if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)):
+                    child.half()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: pick the fastest kernels once
-        self.info = ModelInfo(surrogate.config, "float-nchw", max_batch, "fp16" if fp16 else "fp32", path,
+        self.info = ModelInfo(config, "float-nchw", max_batch, "fp16" if fp16 else "fp32", path,
                               {"backend": "torch", "device": str(self.device), "cuda_graphs": cuda_graphs})
         self.lock = threading.Lock()
-        self.last_stage_ms: dict[str, float] = {}
         self.pipeline = self._cuda_pipeline(slots) if self.device.type == "cuda" else None
         self.in_flight = slots if self.pipeline is not None else 1
 
