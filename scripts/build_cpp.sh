@@ -19,3 +19,19 @@ fi
 cmake -S . -B build/cpp -DCMAKE_BUILD_TYPE=Release > /dev/null
 cmake --build build/cpp -j "$(nproc)"
 ctest --test-dir build/cpp --output-on-failure
+# The TensorRT backend cannot link here (no TensorRT), but it must compile against both API versions users have:
+# the real TensorRT 10.13 and 11.1 headers in ../shared and the CUDA toolkit's headers. Under CI=true a missing
+# header set or a compile error fails the build.
+headers=../shared/third_party/tensorrt-headers
+cuda_include=$(ls -d /usr/local/cuda/include "${CUDA_HOME:-/nonexistent}/include" 2> /dev/null | head -1 || true)
+if [[ -d $headers && -n $cuda_include ]]; then
+    for version in 10.13 11.1; do
+        g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Werror -DAKD_WITH_TENSORRT -I cpp/include \
+            -isystem "$headers/$version/include" -isystem "$cuda_include" $(pkg-config --cflags opencv4) \
+            cpp/src/tensorrt_backend.cpp
+        echo "build_cpp: cpp/src/tensorrt_backend.cpp compiles against TensorRT $version"
+    done
+else
+    echo "build_cpp: TensorRT headers ($headers) or CUDA headers missing - TensorRT backend not compile-checked" >&2
+    [[ ${CI:-} == true ]] && { echo "build_cpp: CI=true: the TensorRT backend must compile-check here" >&2; exit 1; }
+fi
