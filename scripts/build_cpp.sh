@@ -23,7 +23,9 @@ ctest --test-dir build/cpp --output-on-failure
 # the real TensorRT 10.13 and 11.1 headers in ../shared and the CUDA toolkit's headers. Under CI=true a missing
 # header set or a compile error fails the build.
 headers=../shared/third_party/tensorrt-headers
-cuda_include=$(ls -d /usr/local/cuda/include "${CUDA_HOME:-/nonexistent}/include" 2> /dev/null | head -1 || true)
+# the CUDA toolkit's headers: CUDA_HOME, /usr/local/cuda(-*), or the CUDA runtime wheel torch installs in .venv
+cuda_include=$(ls -d "${CUDA_HOME:-/nonexistent}/include" /usr/local/cuda/include /usr/local/cuda-*/include \
+    .venv/lib/python3*/site-packages/nvidia/cu*/include 2> /dev/null | head -1 || true)
 if [[ -d $headers && -n $cuda_include ]]; then
     for version in 10.13 11.1; do
         g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Werror -DAKD_WITH_TENSORRT -I cpp/include \
