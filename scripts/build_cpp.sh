@@ -24,8 +24,11 @@ ctest --test-dir build/cpp --output-on-failure
 # header set or a compile error fails the build.
 headers=../shared/third_party/tensorrt-headers
 # the CUDA toolkit's headers: CUDA_HOME, /usr/local/cuda(-*), or the CUDA runtime wheel torch installs in .venv
-cuda_include=$(ls -d "${CUDA_HOME:-/nonexistent}/include" /usr/local/cuda/include /usr/local/cuda-*/include \
-    .venv/lib/python3*/site-packages/nvidia/cu*/include 2> /dev/null | head -1 || true)
+cuda_include=
+for candidate in "${CUDA_HOME:-/nonexistent}/include" /usr/local/cuda/include /usr/local/cuda-*/include \
+        .venv/lib/python3*/site-packages/nvidia/cu*/include; do
+    [[ -f $candidate/cuda_runtime_api.h ]] && { cuda_include=$candidate; break; }
+done
 if [[ -d $headers && -n $cuda_include ]]; then
     for version in 10.13 11.1; do
         g++ -std=c++17 -fsyntax-only -Wall -Wextra -Wpedantic -Werror -DAKD_WITH_TENSORRT -I cpp/include \
