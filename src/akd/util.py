@@ -1,5 +1,5 @@
-"""Small helpers shared by every stage: the user-facing error type, atomic writes, file hashing and naming the
-file behind a native decoder's complaint."""
+"""Small helpers shared by every stage: the user-facing error type, registries, atomic writes, file hashing and
+naming the file behind a native decoder's complaint."""
 
 from __future__ import annotations
 
@@ -23,6 +23,17 @@ log = logging.getLogger("akd")
 
 class AkdError(Exception):
     """A problem the user can fix (bad argument, missing or malformed file); the CLI prints it as one line."""
+
+
+class Registry(dict):
+    """A name -> builder table with a ``register(name)`` decorator (timm's ``register_model`` pattern): adding a
+    target, student, evaluation method or backend is one decorated function; errors list the table's names."""
+
+    def register(self, name: str):
+        def add(builder):
+            self[name] = builder
+            return builder
+        return add
 
 
 @contextlib.contextmanager

@@ -11,10 +11,8 @@ builder in this file.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -23,7 +21,7 @@ from torch import nn
 
 from akd import contract
 from akd.models.teachers import Teacher
-from akd.util import AkdError
+from akd.util import AkdError, Registry
 
 
 @dataclass
@@ -55,16 +53,8 @@ class SaliencyMethod:
         self.close()
 
 
-MethodBuilder = Callable[[Any, Teacher], list[SaliencyMethod]]  # (akd-evaluate's options, target) -> methods
-METHOD_BUILDERS: dict[str, MethodBuilder] = {}
-
-
-def register_method(name: str) -> Callable[[MethodBuilder], MethodBuilder]:
-    """Add a builder to the table ``--methods`` chooses from (timm's ``register_model`` pattern)."""
-    def register(builder: MethodBuilder) -> MethodBuilder:
-        METHOD_BUILDERS[name] = builder
-        return builder
-    return register
+METHOD_BUILDERS: Registry = Registry()  # --methods' table: (akd-evaluate's options, target) -> [SaliencyMethod]
+register_method = METHOD_BUILDERS.register
 
 
 def _require(module: str, method: str):

@@ -13,7 +13,6 @@ Two families share it:
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -21,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from akd.models.cbam import CBAM
-from akd.util import AkdError
+from akd.util import AkdError, Registry
 
 RESNET_STUDENTS = {"resnet18_cbam": "resnet18", "resnet34_cbam": "resnet34", "resnet50_cbam": "resnet50"}
 
@@ -158,26 +157,9 @@ def timm_student(name: str, num_classes: int, init_state: dict | None = None) ->
     return Student(network, taps, channels, getattr(network, "global_pool", None), network.get_classifier())
 
 
-StudentBuilder = Callable[[int, "dict | None"], Student]  # (classes, initial state) -> student
-FamilyBuilder = Callable[[str, int, "dict | None"], Student]  # (model name within the family, classes, init)
-STUDENTS: dict[str, StudentBuilder] = {}
-STUDENT_FAMILIES: dict[str, FamilyBuilder] = {}
-
-
-def register_student(name: str) -> Callable[[StudentBuilder], StudentBuilder]:
-    """Add a student known by its full name (timm's ``register_model`` pattern)."""
-    def register(builder: StudentBuilder) -> StudentBuilder:
-        STUDENTS[name] = builder
-        return builder
-    return register
-
-
-def register_student_family(prefix: str) -> Callable[[FamilyBuilder], FamilyBuilder]:
-    """Add a family of students named ``prefix:NAME`` (``timm:<any timm CNN>``)."""
-    def register(builder: FamilyBuilder) -> FamilyBuilder:
-        STUDENT_FAMILIES[prefix] = builder
-        return builder
-    return register
+STUDENTS: Registry = Registry()  # full name -> (classes, initial state) -> Student
+STUDENT_FAMILIES: Registry = Registry()  # prefix of prefix:NAME -> (NAME, classes, initial state) -> Student
+register_student, register_student_family = STUDENTS.register, STUDENT_FAMILIES.register
 
 
 for _arch in RESNET_STUDENTS:  # the paper's students

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ import torch
 from torch import nn
 
 from akd.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
-from akd.util import AkdError, sha256_file
+from akd.util import AkdError, Registry, sha256_file
 
 
 @dataclass
@@ -38,25 +37,11 @@ class Teacher:
         return self.forward(images)
 
 
-TargetLoader = Callable[[str, "str | None", Preprocessing, int], Teacher]  # (spec, weights, preprocessing, skip)
-TARGET_KINDS: dict[str, TargetLoader] = {}
-BUILTIN_TARGETS: dict[str, Callable[[], Teacher]] = {}
-
-
-def register_target_kind(kind: str) -> Callable[[TargetLoader], TargetLoader]:
-    """Add a kind of target spec (a file type or a model library); ``target_kind`` decides which a spec is."""
-    def register(loader: TargetLoader) -> TargetLoader:
-        TARGET_KINDS[kind] = loader
-        return loader
-    return register
-
-
-def register_builtin_target(name: str) -> Callable[[Callable[[], Teacher]], Callable[[], Teacher]]:
-    """Add a target known by name alone, with its weights shipped in a package (timm's ``register_model``)."""
-    def register(loader: Callable[[], Teacher]) -> Callable[[], Teacher]:
-        BUILTIN_TARGETS[name] = loader
-        return loader
-    return register
+# kind of target spec (a file type or a model library; see target_kind) -> (spec, weights, preprocessing,
+# skip_classes) -> Teacher
+TARGET_KINDS: Registry = Registry()
+BUILTIN_TARGETS: Registry = Registry()  # targets known by name alone, weights shipped in a package
+register_target_kind, register_builtin_target = TARGET_KINDS.register, BUILTIN_TARGETS.register
 
 
 def _hash_or_none(path: str | None) -> str | None:

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 import numpy as np
 
 from akd import contract
-from akd.util import AkdError
+from akd.util import AkdError, Registry
 
 TRAIN_STACK = frozenset({"torch", "torchvision", "timm", "safetensors", "scipy", "skimage", "PIL", "yaml"})
 
@@ -110,17 +110,14 @@ class Runner:
 
 
 RunnerLoader = Callable[..., Runner]  # (path, device, **options) -> an active runner
-BACKEND_LOADERS: dict[str, RunnerLoader] = {}
+BACKEND_LOADERS: Registry = Registry()  # the table open_runner picks from
 BACKEND_SUFFIXES: dict[str, str] = {}  # file suffix -> the backend that loads it
 
 
 def register_backend(name: str, suffixes: tuple[str, ...] = ()) -> Callable[[RunnerLoader], RunnerLoader]:
-    """Add a backend (and the file suffixes it loads) to the table ``open_runner`` picks from."""
-    def register(loader: RunnerLoader) -> RunnerLoader:
-        BACKEND_LOADERS[name] = loader
-        BACKEND_SUFFIXES.update(dict.fromkeys(suffixes, name))
-        return loader
-    return register
+    """Add a backend and the file suffixes it loads."""
+    BACKEND_SUFFIXES.update(dict.fromkeys(suffixes, name))
+    return BACKEND_LOADERS.register(name)
 
 
 @register_backend("onnxruntime", (".onnx",))
