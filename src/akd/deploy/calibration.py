@@ -290,11 +290,17 @@ class _QuantizerNoise(logging.Filter):
 
 @contextlib.contextmanager
 def _quiet_quantizer():
+    """The quantizer's log noise filtered (see ``_QuantizerNoise``) and its progress prints to stdout ("Collecting
+    tensor data and making histogram ..." once per stride, "Finding optimal threshold ...") swallowed: akd's own
+    progress and report say what happened."""
+    import io
+
     noise = _QuantizerNoise()
     root = logging.getLogger()
     root.addFilter(noise)
     try:
-        yield noise
+        with contextlib.redirect_stdout(io.StringIO()):
+            yield noise
     finally:
         root.removeFilter(noise)
 
