@@ -594,3 +594,18 @@ def test_cuda_graph_buckets():
     assert batch_buckets(1) == [1]
     buckets = batch_buckets(12)
     assert [bucket_for(n, buckets) for n in (1, 2, 3, 5, 8, 9, 12)] == [1, 2, 4, 8, 8, 12, 12]
+
+
+def test_onnxruntime_runner_overlaps_the_next_batch_and_keeps_order(exported):
+    """The onnxruntime runner computes in its own thread (two batches in flight): a stream's results are the same,
+    in the same order, as one call per batch; closing stops the worker."""
+    frames = _frames(12, seed=3)
+    with SaliencyEngine.load(str(exported)) as engine:
+        assert engine.runner.in_flight == 2
+        one_by_one = [engine.explain(frame) for frame in frames]
+        pipelined = [result for chunk in engine.explain_batches([[f] for f in frames]) for result in chunk]
+        worker = engine.runner._worker
+    assert [r.class_id for r in pipelined] == [r.class_id for r in one_by_one]
+    for a, b in zip(pipelined, one_by_one, strict=True):
+        np.testing.assert_array_equal(a.saliency, b.saliency)
+    assert worker._shutdown and engine.runner._worker is None

@@ -80,5 +80,22 @@ class OnnxRuntimeRunner(Runner):
         stage_ms = {"compute": (time.perf_counter() - started) * 1e3}
         return dict(zip(self.output_names, values, strict=True)), stage_ms
 
+    # one worker thread runs the session (onnxruntime releases the GIL), so a stream's next batch is preprocessed
+    # while this one computes: SaliencyEngine.explain_batches keeps two in flight
+    in_flight = 2
+
+    def _submit(self, batch: np.ndarray):
+        from concurrent.futures import ThreadPoolExecutor
+
+        if getattr(self, "_worker", None) is None:
+            self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="akd-onnxruntime")
+        return self._worker.submit(self._infer, batch)
+
+    def _collect(self, future) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        return future.result()
+
     def _release(self) -> None:
+        if getattr(self, "_worker", None) is not None:
+            self._worker.shutdown(wait=True)
+            self._worker = None
         self.session = None
