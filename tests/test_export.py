@@ -402,3 +402,17 @@ def test_calibrate_cli_without_data_on_the_shipped_surrogate(shipped_onnx, tmp_p
     assert metadata["akd_precision"] == "int8" and json.loads(metadata["akd_calibration"])["ranges"] == "shipped"
     assert metadata["akd_source_sha256"] == _meta(shipped_onnx)["akd_source_sha256"]
     assert len(metadata["akd_fp32_sha256"]) == 64
+
+
+def test_export_keeps_the_tracers_expected_notes_to_itself(tiny_checkpoint, tmp_path):
+    """torch's TracerWarnings about shape arithmetic that is constant at the fixed input size (and the
+    instance_norm training-flag note) are expected for this graph; a user must not see a wall of them."""
+    import warnings
+
+    import torch
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        export(ExportOptions(str(tiny_checkpoint), str(tmp_path / "m.onnx"), verify=False))
+    assert not [w for w in caught if issubclass(w.category, torch.jit.TracerWarning)]
+    assert not [w for w in caught if "TrainingMode.EVAL" in str(w.message)]

@@ -104,6 +104,7 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
     """
     import contextlib
     import io
+    import warnings
 
     import onnx
 
@@ -111,7 +112,11 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
     buffer = io.BytesIO()
     batch_axis = {0: "batch"}
     precision = torch.autocast("cpu", dtype=torch.float16) if fp16 else contextlib.nullcontext()
-    with torch.no_grad(), precision:
+    with torch.no_grad(), precision, warnings.catch_warnings():
+        # the tracer's notes on shape arithmetic that is constant at a fixed input size, and on instance_norm's
+        # training flag (the map's standardisation has no running statistics): true, expected, not the user's
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
         torch.onnx.export(module.eval(), (sample,), buffer, input_names=[contract.INPUT],
                           output_names=list(contract.OUTPUTS),
                           dynamic_axes={name: batch_axis for name in (contract.INPUT, *contract.OUTPUTS)},
