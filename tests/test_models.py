@@ -196,3 +196,22 @@ def test_registered_students_and_targets_are_one_function_away(tiny_net):
         del students.STUDENTS["tiny_cbam"], teachers.BUILTIN_TARGETS["tiny"]
     with pytest.raises(AkdError, match="unknown target 'tiny'"):
         teachers.load_teacher("tiny")
+
+
+def test_a_dead_decoder_is_skipped_exactly_and_only_when_dead():
+    """A calibration-only explainer (head weights zero) adds only the head's bias through its decoder: skipping
+    it gives the same map bit for bit; once the head has weights the decoder stays."""
+    torch.manual_seed(0)
+    config = {"student": "resnet18_cbam", "classes": list("abcdef"), "explainer_width": 32, "explainer_cam": True}
+    surrogate = Surrogate(config).eval()
+    with torch.no_grad():
+        surrogate.explainer.head.bias.fill_(-1.5)
+        surrogate.explainer.cam_gain.fill_(2.0)
+        images = torch.randn(3, 3, 64, 64)
+        full, _ = surrogate(images)
+        assert surrogate.explainer.drop_dead_decoder()
+        short, _ = surrogate(images)
+        assert torch.equal(full, short)
+        surrogate.explainer.head.weight[0, 0, 1, 1] = 0.1  # a trained head: the decoder matters again
+        assert not surrogate.explainer.drop_dead_decoder()
+        assert not torch.equal(surrogate(images)[0], short)
