@@ -194,26 +194,13 @@ def main(argv: list[str] | None = None) -> int:
     return _run(f"akd {argv[0]}", argv[0], argv[1:])
 
 
-def train_main(argv: list[str] | None = None) -> int:
-    return _run("akd-train", "train", argv)
+def _entry(command: str) -> Callable[[list[str] | None], int]:
+    """The ``akd-<command>`` console script: the same parser and handler as ``akd <command>``."""
+    def entry(argv: list[str] | None = None) -> int:
+        return _run(f"akd-{command}", command, argv)
+    entry.__name__ = f"{command}_main"
+    return entry
 
 
-def export_main(argv: list[str] | None = None) -> int:
-    return _run("akd-export", "export", argv)
-
-
-def calibrate_main(argv: list[str] | None = None) -> int:
-    return _run("akd-calibrate", "calibrate", argv)
-
-
-def explain_main(argv: list[str] | None = None) -> int:
-    return _run("akd-explain", "explain", argv)
-
-
-def profile_main(argv: list[str] | None = None) -> int:
-    return _run("akd-profile", "profile", argv)
-
-
-def evaluate_main(argv: list[str] | None = None) -> int:
-    return _run("akd-evaluate", "evaluate", argv)
-
+train_main, export_main, calibrate_main, explain_main, profile_main, evaluate_main = (
+    _entry(command) for command in ("train", "export", "calibrate", "explain", "profile", "evaluate"))

@@ -75,11 +75,12 @@ def shipped_ranges(source_sha256: str | None) -> CalibrationData:
     """The ranges shipped for the shipped surrogate, for a graph exported from it (``source_sha256``: the
     checkpoint hash its metadata records); any other graph needs images."""
     path = shipped_ranges_path()
-    provenance = json.loads(path.read_text())["akd"] if path.is_file() else {}
+    content = path.read_bytes() if path.is_file() else b"{}"
+    provenance = json.loads(content).get("akd", {})
     if not source_sha256 or source_sha256 != provenance.get("checkpoint_sha256"):
         raise AkdError("INT8 needs calibration images (--data / --calib-data DIR): ranges ship only for the "
                        "surrogate shipped with akd, and this graph was exported from another checkpoint")
-    return CalibrationData([], [], hashlib.sha256(path.read_bytes()).hexdigest(), ranges=path)
+    return CalibrationData([], [], hashlib.sha256(content).hexdigest(), ranges=path)
 
 
 def calibration_data(data: str, num_images: int, seed: int = 0) -> CalibrationData:

@@ -27,11 +27,12 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str |
 
     from akd.deploy.calibration import DEFAULT_CACHE_DIR, calibration_data, drift_report, quantize, shipped_ranges
 
+    metadata, fp32_bytes = read_metadata(fp32_model), fp32_model.SerializeToString()
     data_set = (calibration_data(data, num_images) if data else
-                shipped_ranges(read_metadata(fp32_model).get(contract.SOURCE_SHA256_KEY)))
+                shipped_ranges(metadata.get(contract.SOURCE_SHA256_KEY)))
     probe_images = (images_of(data_set.samples[:2], config) if data_set.samples else
                     real_images(config, fallback_data, 2))
-    probe = parity.run_onnx(fp32_model.SerializeToString(), contract.to_input(probe_images, config, input_format))
+    probe = parity.run_onnx(fp32_bytes, contract.to_input(probe_images, config, input_format))
     if not all(np.isfinite(values).all() for values in probe.values()):  # before onnxruntime's calibrator trips on it
         raise AkdError("the fp32 graph computes NaN or infinity on the calibration images (corrupt weights?); "
                        "nothing calibrated, cached or written")
@@ -41,11 +42,10 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str |
         info = quantize(str(fp32_path), str(int8_path), data_set, config, input_format, flavour, method,
                         Path(cache_dir) if cache_dir else DEFAULT_CACHE_DIR)
         int8 = onnx.load_model(str(int8_path))
-    metadata = read_metadata(fp32_model)
     metadata.update({contract.PRECISION_KEY: "int8", contract.INT8_FLAVOUR_KEY: flavour,
                      contract.CALIBRATION_KEY: json.dumps(info)})
     if verify:
-        drift = drift_report(fp32_model.SerializeToString(), int8.SerializeToString(), config, input_format, data_set,
+        drift = drift_report(fp32_bytes, int8.SerializeToString(), config, input_format, data_set,
                              fallback_data, flavour)
         metadata[contract.DRIFT_KEY] = json.dumps(drift)
         info["drift"] = drift

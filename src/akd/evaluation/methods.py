@@ -10,6 +10,7 @@ builder in this file.
 
 from __future__ import annotations
 
+import abc
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -34,16 +35,17 @@ class EvalImage:
     class_id: int
 
 
-class SaliencyMethod:
+class SaliencyMethod(abc.ABC):
     """A saliency method under evaluation. ``execution`` says where it computes (the report records it)."""
 
     name: str
     execution = "torch on cpu"
 
+    @abc.abstractmethod
     def explain(self, image: EvalImage) -> np.ndarray:
-        raise NotImplementedError
+        """The (H, W) map of ``image.class_id`` at the model's input resolution."""
 
-    def close(self) -> None:
+    def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release hooks, sessions and engines; the default holds none."""
 
     def __enter__(self) -> SaliencyMethod:

@@ -6,6 +6,7 @@ register by name and file suffix; heavy imports live in each backend module."""
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -51,9 +52,9 @@ class Inference(NamedTuple):
     stage_ms: dict[str, float]  # this call's own stage times (compute; h2d/compute/d2h on a CUDA pipeline)
 
 
-class Runner:
-    """Base of every backend: subclasses set ``info`` and implement ``_infer`` (and ``_release`` if they hold
-    sessions, contexts or connections)."""
+class Runner(abc.ABC):
+    """Base of every backend: subclasses set ``info`` and implement ``_infer`` (asynchronous ones also override
+    ``_submit``/``_collect``; ``_release`` if they hold sessions, contexts or connections)."""
 
     info: ModelInfo
     active = True
@@ -91,10 +92,11 @@ class Runner:
             raise AkdError(f"{self.info.source}: a batch of {len(batch)} images; this model takes 1 to "
                            f"{self.info.max_batch}")
 
+    @abc.abstractmethod
     def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
-        raise NotImplementedError
+        """(outputs, stage times) of one batch, synchronously."""
 
-    def _release(self) -> None:
+    def _release(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Free what the backend holds; the default holds nothing."""
 
     def close(self) -> None:

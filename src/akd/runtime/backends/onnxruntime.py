@@ -65,6 +65,7 @@ class OnnxRuntimeRunner(Runner):
                               max_batch, metadata.get(contract.PRECISION_KEY, "fp32"), path,
                               {"backend": "onnxruntime", "providers": self.providers,
                                "int8_flavour": metadata.get(contract.INT8_FLAVOUR_KEY)})
+        self._worker = None  # the thread that runs the session, started on the first submit
 
     def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         started = time.perf_counter()
@@ -87,7 +88,7 @@ class OnnxRuntimeRunner(Runner):
     def _submit(self, batch: np.ndarray):
         from concurrent.futures import ThreadPoolExecutor
 
-        if getattr(self, "_worker", None) is None:
+        if self._worker is None:
             self._worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="akd-onnxruntime")
         return self._worker.submit(self._infer, batch)
 
@@ -95,7 +96,7 @@ class OnnxRuntimeRunner(Runner):
         return future.result()
 
     def _release(self) -> None:
-        if getattr(self, "_worker", None) is not None:
+        if self._worker is not None:
             self._worker.shutdown(wait=True)
             self._worker = None
         self.session = None

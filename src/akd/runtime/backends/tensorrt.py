@@ -79,6 +79,10 @@ class TensorRTRunner(Runner):
             raise AkdError(f"{path}: TensorRT could not deserialise the engine; rebuild it with akd-export")
         return side, version
 
+    def _infer(self, batch: np.ndarray) -> tuple[dict[str, np.ndarray], dict[str, float]]:
+        assert self.pipeline is not None  # set until _release
+        return self.pipeline.infer(batch)
+
     def _submit(self, batch: np.ndarray):
         assert self.pipeline is not None  # set until _release
         return self.pipeline.submit(batch)
