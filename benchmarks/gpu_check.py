@@ -1,10 +1,13 @@
 """The device check of akd's GPU path (issue 11): one run of at most ~7 minutes on a CUDA machine whose image has
-torch with CUDA, cuda-python, cupy, numpy and CPU onnxruntime - but no akd install, no timm, no TensorRT and no
-internet. So the shipped surrogate travels as TorchScript, with real frames and CPU fp32 reference outputs made
-here:
+torch with CUDA, timm, cuda-python, cupy, numpy, OpenCV and CPU onnxruntime - but no akd install and no internet.
+akd runs from the checkout (``PYTHONPATH=src``); the shipped surrogate is built from its safetensors as the torch
+backend builds it; the reference is the same surrogate in fp32 on the machine's CPU:
 
-    python benchmarks/gpu_check.py --prepare runs/gpu-check          # here: CPU, the full environment
-    PYTHONPATH=src python benchmarks/gpu_check.py --work runs/gpu-check --out "$OUT"   # there (carry runs/gpu-check)
+    PYTHONPATH=src python benchmarks/gpu_check.py --work runs/gpu-check --out "$OUT"
+
+Inputs: 24 frames of examples/bottles.mp4 and, when ``benchmarks/rise_targets.py --prepare WORK`` has run here
+(it needs ../shared), 24 held-out ImageNet photos from WORK/views - photos the target recognises, beside the
+clip's near-identical frames.
 
 Gates (exit 1 when one fails; the JSON report goes to OUT/gpu_check.json either way):
 - pinned host buffers are page-locked (``cudaPointerGetAttributes``) and pinned H2D and D2H run >= 1.5x the
@@ -31,39 +34,30 @@ import numpy as np
 import torch
 
 FRAMES_FROM = Path(__file__).resolve().parents[1] / "examples" / "bottles.mp4"
-IMAGENET = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"  # when it sits beside us
 
 
-def prepare(work: Path) -> None:
-    """TorchScript of the shipped surrogate's graph module, 24 frames of the clip (and 24 ImageNet photos when
-    ../shared is here) as the model's input, and the CPU fp32 outputs on them."""
+def load_inputs(work: Path) -> np.ndarray:
+    """The clip's frames (every 45th, 24) and up to 24 held-out photos, preprocessed as the engine does."""
     import cv2
 
-    from akd.contract import OUTPUTS
-    from akd.deploy.graph import DeployableSurrogate
-    from akd.models.surrogate import load_surrogate
-    from akd.runtime.engine import SaliencyEngine, default_model
+    from akd.runtime.engine import SaliencyEngine
 
-    work.mkdir(parents=True, exist_ok=True)
-    surrogate = load_surrogate(default_model())
-    module = DeployableSurrogate(surrogate, "float-nchw").eval()
     capture, frames = cv2.VideoCapture(str(FRAMES_FROM)), []
     while len(frames) < 24 and capture.grab():
         if int(capture.get(cv2.CAP_PROP_POS_FRAMES)) % 45 == 1:
             frames.append(capture.retrieve()[1])
     capture.release()
-    if IMAGENET.is_dir():  # photos the target recognises, beside the clip's near-identical frames
-        frames += [cv2.imread(str(path)) for path in sorted(IMAGENET.glob("*.JPEG"))[:24]]
-    with SaliencyEngine.load(default_model()) as engine:
-        images = engine.preprocess(frames)[0]
-    with torch.no_grad():
-        traced = torch.jit.trace(module, torch.from_numpy(images[:2]), check_trace=False)
-        outputs = dict(zip(OUTPUTS, (v.numpy() for v in module(torch.from_numpy(images))), strict=True))
-    torch.jit.save(traced, str(work / "surrogate.ts"))
-    np.savez(work / "reference.npz", images=images, **outputs)
-    (work / "config.json").write_text(json.dumps(surrogate.config))
-    print(f"prepared {work}: surrogate.ts, {len(images)} frames ({FRAMES_FROM.name}, ImageNet sample: "
-          f"{IMAGENET.is_dir()}), CPU fp32 reference outputs")
+    frames += [cv2.imread(str(path)) for path in sorted((work / "views").glob("heldout__*.jpg"))[:24]]
+    with SaliencyEngine.load(device="cpu") as engine:
+        return engine.preprocess(frames)[0]
+
+
+def cpu_reference(images: np.ndarray) -> dict[str, np.ndarray]:
+    from akd.runtime.backends.torch import TorchRunner
+    from akd.runtime.engine import default_model
+
+    with TorchRunner(default_model(), "cpu", max_batch=len(images)) as runner:
+        return runner.infer(images).outputs
 
 
 def check_pinned_memory() -> dict:
@@ -101,44 +95,61 @@ def check_pinned_memory() -> dict:
             "passed": bool(locked) and ratio >= 1.5}
 
 
+def gpu_cycles_per_ms() -> float:
+    """How many cycles of ``torch.cuda._sleep`` a millisecond holds (after a warm-up launch: lazy module loading
+    must not count)."""
+    torch.cuda._sleep(1000)
+    torch.cuda.synchronize()
+    started = time.perf_counter()
+    torch.cuda._sleep(50_000_000)
+    torch.cuda.synchronize()
+    return 50_000_000 / ((time.perf_counter() - started) * 1e3)
+
+
+def sleep_on(api, stream, milliseconds: float, cycles_per_ms: float) -> None:
+    """A kernel that keeps ``stream`` busy for about ``milliseconds`` without host work."""
+    with torch.cuda.stream(torch.cuda.ExternalStream(api.stream_handle(stream))):
+        torch.cuda._sleep(int(milliseconds * cycles_per_ms))
+
+
 def check_async_copies() -> dict:
     from akd.runtime.cuda import CudaPython
 
     api = CudaPython()
     stream = api.stream()
     host, device = api.pinned((64 << 20,), np.uint8), api.device(64 << 20)
-    torch_stream = torch.cuda.ExternalStream(api.stream_handle(stream))
-    started = time.perf_counter()
-    torch.cuda._sleep(10_000_000)  # calibrate: how many GPU cycles a millisecond holds
-    torch.cuda.synchronize()
-    cycles_per_ms = 10_000_000 / max((time.perf_counter() - started) * 1e3, 1e-3)
-    with torch.cuda.stream(torch_stream):
-        torch.cuda._sleep(int(50 * cycles_per_ms))  # a ~50 ms kernel ahead of the copy on the same stream
+    sleep_on(api, stream, 50, gpu_cycles_per_ms())  # a ~50 ms kernel ahead of the copy on the same stream
     started = time.perf_counter()
     api.d2h(host, device, stream)
     returned_ms = (time.perf_counter() - started) * 1e3
     started = time.perf_counter()
     api.synchronize(stream)
     waited_ms = (time.perf_counter() - started) * 1e3
+    api._check(api.rt.cudaFree(device))
+    api._check(api.rt.cudaFreeHost(host.ctypes.data))
+    api._check(api.rt.cudaStreamDestroy(stream))
     return {"d2h_call_ms": returned_ms, "then_synchronize_ms": waited_ms, "passed": returned_ms < 5.0 < waited_ms}
 
 
 def check_overlap() -> dict:
+    """Batches of 16 MB each way with a 3 ms kernel: one slot pays host fill + H2D + kernel + D2H + host copy-out
+    in turn; two slots hide one batch's copies and host work under the other's kernel."""
     import cupy
 
     from akd.runtime.cuda import CudaPython, OutputSpec, SlotPipeline
 
     api = CudaPython()
-    count = 16 << 20  # 64 MB per batch each way: copies dominate, the kernel is one multiply
+    count, cycles_per_ms = 4 << 20, gpu_cycles_per_ms()
 
     def compute(slot, n: int) -> None:
+        sleep_on(api, slot.stream, 3.0, cycles_per_ms)
         with cupy.cuda.ExternalStream(api.stream_handle(slot.stream)):
             def view(pointer):
                 memory = cupy.cuda.UnownedMemory(int(pointer), n * count * 4, slot)
                 return cupy.ndarray((n, count), cupy.float32, cupy.cuda.MemoryPointer(memory, 0))
             cupy.multiply(view(slot.device_in), 2, out=view(slot.device_out["y"]))
 
-    batches = [np.full((1, count), i, np.float32) for i in range(12)]
+    batches = [np.full((1, count), i, np.float32) for i in range(24)]
     walls, outputs = {}, {}
     for slots in (1, 2):
         pipeline = SlotPipeline(api, 1, (count,), np.float32, {"y": OutputSpec((count,), np.float32)}, compute, slots)
@@ -159,20 +170,18 @@ def check_overlap() -> dict:
             "worker_thread": from_thread, "passed": ratio <= 0.8 and identical and from_thread}
 
 
-def check_surrogate(work: Path) -> dict:
+def check_surrogate(images: np.ndarray) -> dict:
     from akd.deploy import parity
     from akd.runtime.backends.torch import TorchRunner
+    from akd.runtime.engine import default_model
 
-    config = json.loads((work / "config.json").read_text())
-    reference = dict(np.load(work / "reference.npz"))
-    images = reference.pop("images")
+    reference = cpu_reference(images)
     real = np.ones(len(images), bool)
     report: dict = {}
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False  # fp32 means fp32 here
     for name, options in (("fp32", {}), ("fp16", {"fp16": True}),
                           ("fp16+cuda_graphs", {"fp16": True, "cuda_graphs": True})):
-        runner = TorchRunner("surrogate.ts", "cuda", max_batch=8, module=torch.jit.load(str(work / "surrogate.ts")),
-                             config=config, **options)
+        runner = TorchRunner(default_model(), "cuda", max_batch=8, **options)
         count = len(images) - (len(images) - 5) % 8  # full batches of 8, then a partial batch of 5
         chunks = [images[start:min(start + 8, count)] for start in range(0, count, 8)]
         got = [runner.infer(np.ascontiguousarray(chunk)).outputs for chunk in chunks]
@@ -189,15 +198,12 @@ def check_surrogate(work: Path) -> dict:
     return report
 
 
-def check_throughput(work: Path, seconds: float) -> dict:
+def check_throughput(images: np.ndarray, seconds: float) -> dict:
     from akd.runtime.backends.torch import TorchRunner
-
-    config = json.loads((work / "config.json").read_text())
-    images = np.load(work / "reference.npz")["images"]
+    from akd.runtime.engine import default_model
     report: dict = {}
     for size in (1, 32):
-        runner = TorchRunner("surrogate.ts", "cuda", max_batch=size, fp16=True, cuda_graphs=True, slots=2,
-                             module=torch.jit.load(str(work / "surrogate.ts")), config=config)
+        runner = TorchRunner(default_model(), "cuda", max_batch=size, fp16=True, cuda_graphs=True, slots=2)
         feeds = [np.ascontiguousarray(np.resize(images, (size, *images.shape[1:]))) for _ in range(2)]
         for feed in feeds * 3:  # warm-up: captures the bucket's graphs
             runner.infer(feed)
@@ -221,23 +227,27 @@ def check_throughput(work: Path, seconds: float) -> dict:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepare", metavar="DIR", help="write the check's inputs (here, on CPU) and stop")
-    parser.add_argument("--work", default="runs/gpu-check", help="what --prepare wrote")
+    parser.add_argument("--work", default="runs/gpu-check", help="what rise_targets.py --prepare wrote, if anything")
     parser.add_argument("--out", default="runs/gpu-check/out", help="where gpu_check.json goes")
     parser.add_argument("--seconds", type=float, default=5.0, help="timing window per throughput configuration")
     args = parser.parse_args()
-    if args.prepare:
-        prepare(Path(args.prepare))
-        return 0
     if not torch.cuda.is_available():
         print("gpu_check needs CUDA", file=sys.stderr)
         return 2
-    work, out = Path(args.work), Path(args.out)
+    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report: dict = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "cuda": torch.version.cuda}
+    images: list[np.ndarray] = []  # loaded by the first check that needs them, so a failure there is a gate's
+
+    def inputs() -> np.ndarray:
+        if not images:
+            images.append(load_inputs(Path(args.work)))
+            report["images"] = len(images[0])
+        return images[0]
+
     checks = (("pinned_memory", check_pinned_memory), ("async_copies", check_async_copies),
-              ("overlap", check_overlap), ("surrogate", lambda: check_surrogate(work)),
-              ("throughput", lambda: check_throughput(work, args.seconds)))
+              ("overlap", check_overlap), ("surrogate", lambda: check_surrogate(inputs())),
+              ("throughput", lambda: check_throughput(inputs(), args.seconds)))
     for name, check in checks:
         started = time.perf_counter()
         try:

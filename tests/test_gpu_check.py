@@ -1,14 +1,15 @@
-"""The GPU device check's inputs are made here (no GPU needed): the TorchScript it carries must reproduce the
-shipped surrogate exactly through the torch backend, or the check on the device would judge the wrong thing."""
+"""The GPU device check's CPU half runs here: the inputs it builds on the device (the clip's frames, held-out
+photos when rise_targets.py prepared them) go through the engine's preprocessing, and its fp32 reference is the
+shipped surrogate itself - a check on the device that judged other inputs or another model would prove nothing."""
 
 from __future__ import annotations
 
 import importlib.util
-import json
 import subprocess
 import sys
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pytest
 import torch
@@ -16,24 +17,35 @@ import torch
 SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
 
 
-def test_prepared_inputs_reproduce_the_shipped_surrogate(tmp_path, monkeypatch):
+def _gpu_check():
     spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    gpu_check = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gpu_check)
-    monkeypatch.setattr(gpu_check, "IMAGENET", tmp_path / "absent")  # the clip's frames only: quick
-    gpu_check.prepare(tmp_path)
-    from akd.runtime.backends.torch import TorchRunner
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
-    reference = dict(np.load(tmp_path / "reference.npz"))
-    images = reference.pop("images")
-    assert images.shape == (24, 3, 224, 224) and len(set(reference["class_id"].tolist())) >= 2
-    runner = TorchRunner("surrogate.ts", "cpu", max_batch=8, module=torch.jit.load(str(tmp_path / "surrogate.ts")),
-                         config=json.loads((tmp_path / "config.json").read_text()))
-    with runner:
-        for start in (0, 8, 16):
-            outputs = runner.infer(np.ascontiguousarray(images[start:start + 8])).outputs
-            for name, values in outputs.items():
-                np.testing.assert_allclose(values, reference[name][start:start + 8], atol=1e-4)  # fp32 parity
+
+def test_inputs_are_the_clip_and_the_prepared_photos_as_the_engine_sees_them(tmp_path):
+    from akd.runtime.engine import SaliencyEngine
+
+    gpu_check = _gpu_check()
+    frames_only = gpu_check.load_inputs(tmp_path)
+    assert frames_only.shape == (24, 3, 224, 224)
+    (tmp_path / "views").mkdir()
+    photo = np.random.default_rng(0).integers(0, 256, (224, 224, 3), dtype=np.uint8)
+    cv2.imwrite(str(tmp_path / "views" / "heldout__a.jpg"), photo)
+    cv2.imwrite(str(tmp_path / "views" / "train__b.jpg"), photo)  # training views are not test inputs
+    images = gpu_check.load_inputs(tmp_path)
+    assert images.shape == (25, 3, 224, 224)
+    with SaliencyEngine.load(device="cpu") as engine:
+        expected = engine.preprocess([cv2.imread(str(tmp_path / "views" / "heldout__a.jpg"))])[0]
+    np.testing.assert_array_equal(images[24:], expected)
+
+    reference = gpu_check.cpu_reference(frames_only[:8])
+    with SaliencyEngine.load(device="cpu") as engine:
+        direct = engine.runner.infer(frames_only[:8]).outputs
+    for name, values in reference.items():
+        np.testing.assert_array_equal(values, direct[name])
+    assert len(set(gpu_check.cpu_reference(frames_only)["class_id"].tolist())) >= 2  # not one class throughout
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="on a GPU the check runs for real")

@@ -1,6 +1,10 @@
-"""How the insertion metric removes detail (RISE's blur), shared by the metric and the losses that train for it."""
+"""RISE's perturbations, shared by the metrics, the RISE baseline and the losses and caches that train for them:
+the blur the insertion metric starts from, and RISE's random masks with its saliency estimate."""
 
 from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
 
 import numpy as np
 import torch
@@ -22,3 +26,32 @@ def rise_blur(images: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch
     channels = images.shape[1]
     weight = kernel.expand(channels, 1, size, size).contiguous()
     return F.conv2d(images, weight, padding=size // 2, groups=channels)
+
+
+def rise_masks(count: int, height: int, width: int, cells: int = 7, keep: float = 0.5, batch_size: int = 100,
+               seed: int = 0) -> Iterator[torch.Tensor]:
+    """RISE's masks (Petsiuk et al. 2018) in batches of (n, 1, H, W): an s x s Bernoulli(keep) grid, bilinearly
+    upsampled to (s + 1) * cell and randomly shifted by up to one cell. A seed gives the same masks on any
+    device, so a cache built on a GPU holds the maps the CPU baseline computes."""
+    generator = torch.Generator().manual_seed(seed)
+    cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
+    for start in range(0, count, batch_size):
+        n = min(batch_size, count - start)
+        grid = (torch.rand(n, 1, cells, cells, generator=generator) < keep).float()
+        up = F.interpolate(grid, size=((cells + 1) * cell_h, (cells + 1) * cell_w), mode="bilinear",
+                           align_corners=False)
+        shifts = torch.randint(0, cell_h, (n,), generator=generator), torch.randint(0, cell_w, (n,),
+                                                                                    generator=generator)
+        yield torch.stack([up[i, :, y:y + height, x:x + width] for i, (y, x) in enumerate(zip(*shifts, strict=True))])
+
+
+def rise_saliency(classify: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, class_id: int,
+                  masks: Iterator[torch.Tensor], count: int, keep: float = 0.5) -> torch.Tensor:
+    """RISE's estimate sum_i P_c(M_i * x) M_i / (N keep) for a normalised (1, C, H, W) image; ``classify`` maps
+    images to logits. Masks multiply the normalised image, as RISE's code does."""
+    saliency = torch.zeros(image.shape[-2:], device=image.device)
+    for batch in masks:
+        batch = batch.to(image)
+        probs = F.softmax(classify(batch * image).float(), dim=1)[:, class_id]
+        saliency += torch.einsum("n,nhw->hw", probs, batch[:, 0].float())
+    return saliency / (count * keep)

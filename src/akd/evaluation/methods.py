@@ -11,7 +11,6 @@ builder in this file.
 from __future__ import annotations
 
 import abc
-import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from torch import nn
 
 from akd import contract
 from akd.models.teachers import Teacher
+from akd.perturbation import rise_masks, rise_saliency
 from akd.util import AkdError, Registry
 
 
@@ -151,10 +151,8 @@ class GradCamMethod(SaliencyMethod):
 
 
 class RiseMethod(SaliencyMethod):
-    """RISE (Petsiuk et al. 2018): N random masks from an s x s Bernoulli(p) grid, bilinearly upsampled to
-    (s + 1) * cell and randomly shifted by up to one cell; the map is sum_i P_c(M_i * x) M_i / (N p).
-    Masks multiply the normalised image (as RISE's code does) and are regenerated from the seed per image, so
-    every image sees the same masks without holding N full-size masks in memory."""
+    """RISE (Petsiuk et al. 2018) with ``akd.perturbation``'s masks, regenerated from the seed per image, so every
+    image sees the same masks without holding N full-size masks in memory."""
 
     name = "rise"
 
@@ -163,25 +161,11 @@ class RiseMethod(SaliencyMethod):
         self.teacher, self.masks, self.cells, self.keep = teacher, masks, cells, keep
         self.batch_size, self.seed = batch_size, seed
 
-    def _mask_batch(self, generator: torch.Generator, count: int, height: int, width: int) -> torch.Tensor:
-        cell_h, cell_w = math.ceil(height / self.cells), math.ceil(width / self.cells)
-        grid = (torch.rand(count, 1, self.cells, self.cells, generator=generator) < self.keep).float()
-        up = F.interpolate(grid, size=((self.cells + 1) * cell_h, (self.cells + 1) * cell_w), mode="bilinear",
-                           align_corners=False)
-        shifts = torch.randint(0, cell_h, (count,), generator=generator), torch.randint(0, cell_w, (count,),
-                                                                                        generator=generator)
-        return torch.stack([up[i, :, y:y + height, x:x + width] for i, (y, x) in enumerate(zip(*shifts, strict=True))])
-
     @torch.no_grad()
     def explain(self, image: EvalImage) -> np.ndarray:
         _, _, height, width = image.tensor.shape
-        generator = torch.Generator().manual_seed(self.seed)
-        saliency = torch.zeros(height, width)
-        for start in range(0, self.masks, self.batch_size):
-            masks = self._mask_batch(generator, min(self.batch_size, self.masks - start), height, width)
-            probs = F.softmax(self.teacher(masks * image.tensor).float(), dim=1)[:, image.class_id]
-            saliency += torch.einsum("n,nhw->hw", probs, masks[:, 0])
-        return (saliency / (self.masks * self.keep)).numpy()
+        masks = rise_masks(self.masks, height, width, self.cells, self.keep, self.batch_size, self.seed)
+        return rise_saliency(self.teacher, image.tensor, image.class_id, masks, self.masks, self.keep).numpy()
 
 
 class LimeMethod(SaliencyMethod):

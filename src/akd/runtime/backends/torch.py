@@ -31,11 +31,12 @@ def bucket_for(n: int, buckets: list[int]) -> int:
 
 class TorchRunner(Runner):
     def __init__(self, path: str, device: str = "auto", max_batch: int = 32, fp16: bool = False,
-                 cuda_graphs: bool = False, slots: int = 2, module=None, config: dict | None = None):
-        """``path``: a .safetensors surrogate. Or ``module`` (any module returning the contract's outputs, e.g. a
-        TorchScript of ``DeployableSurrogate``, which needs neither timm nor the checkpoint code) with its
-        ``config``; ``path`` then only names it."""
+                 cuda_graphs: bool = False, slots: int = 2):
+        """``path``: a .safetensors surrogate."""
         import torch
+
+        from akd.deploy.graph import DeployableSurrogate
+        from akd.models.surrogate import load_surrogate
 
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -43,13 +44,8 @@ class TorchRunner(Runner):
             raise AkdError("device cuda requested but CUDA is not available")
         if (fp16 or cuda_graphs) and device != "cuda":
             raise AkdError("fp16 and CUDA graphs need the torch backend on a CUDA device")
-        if module is None:
-            from akd.deploy.graph import DeployableSurrogate
-            from akd.models.surrogate import load_surrogate
-
-            surrogate = load_surrogate(path)
-            module, config = DeployableSurrogate(surrogate, "float-nchw"), surrogate.config
-        assert config is not None
+        surrogate = load_surrogate(path)
+        module, config = DeployableSurrogate(surrogate, "float-nchw"), surrogate.config
         self.torch, self.device, self.fp16, self.cuda_graphs = torch, torch.device(device), fp16, cuda_graphs
         self.model = module.eval().to(self.device)
         if fp16:  # convolution and linear weights in half once, so autocast never re-casts them per forward
@@ -66,7 +62,8 @@ class TorchRunner(Runner):
 
     def _forward(self, images):
         torch = self.torch
-        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16):
+        # no autocast cache: a CUDA graph must not capture casts cached from an earlier forward
+        with torch.no_grad(), torch.autocast("cuda", dtype=torch.float16, enabled=self.fp16, cache_enabled=False):
             return self.model(images)
 
     def _cuda_pipeline(self, slots: int):
@@ -101,6 +98,7 @@ class TorchRunner(Runner):
         def prepare(slot) -> None:
             if self.cuda_graphs:
                 views(slot)[0].zero_()  # rows past a batch's n are computed in its bucket: keep them finite
+                torch.cuda.synchronize()  # zeroed on the current stream before the slot's stream copies in
                 slot.state["graphs"] = {}
 
         def compute(slot, n: int) -> None:
