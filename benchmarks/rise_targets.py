@@ -87,7 +87,7 @@ def read_views(work: Path, preprocessing: dict) -> tuple[list[str], torch.Tensor
 
 
 @torch.no_grad()
-def build(work: Path, out: Path, masks: int, chunk: int, deadline: float, device: str) -> dict:
+def build(work: Path, out: Path, masks: int, chunk: int, deadline: float, device: str, augment: int = 0) -> dict:
     """Maps image by image until ``deadline`` seconds have passed; fp16 + channels_last on CUDA."""
     from akd.perturbation import rise_masks, rise_saliency
 
@@ -112,6 +112,8 @@ def build(work: Path, out: Path, masks: int, chunk: int, deadline: float, device
                           "range": float(reference.max() - reference.min())})
     report["fast_vs_fp32"] = agreement
 
+    if augment:
+        return {**report, **crops(names, images, augment, classify, all_masks, chunk, started, deadline, out)}
     done: dict[str, list] = {split: [] for split in SPLITS}
     rise_started = time.perf_counter()
     for name, image in zip(names, images, strict=True):
@@ -135,6 +137,35 @@ def build(work: Path, out: Path, masks: int, chunk: int, deadline: float, device
     return report
 
 
+def crops(names, images, per_image, classify, all_masks, chunk, started, deadline, out) -> dict:
+    """RISE maps of ``per_image`` random-resized-crop views of each training view (``crop_params`` seeded by
+    the image's index), round-robin over the images so a deadline leaves every image some views."""
+    from akd.data.preprocessing import crop_params, cropped_view
+    from akd.perturbation import rise_saliency
+
+    train = [(index, name) for index, name in enumerate(names) if name.startswith("train/")]
+    params = {index: crop_params(per_image, images.shape[-1], seed=index) for index, _ in train}
+    rows, rise_started = [], time.perf_counter()
+    for round_ in range(per_image):
+        for index, name in train:
+            if time.perf_counter() - started > deadline:
+                break
+            row = params[index][round_]
+            view = cropped_view(images[index][None], row).to(all_masks)
+            probs = F.softmax(classify(view).float(), dim=1)[0]
+            class_id = int(probs.argmax())
+            saliency = rise_saliency(classify, view, class_id, iter(all_masks.split(chunk)), len(all_masks))
+            rows.append((name, row, class_id, float(probs[class_id]),
+                         F.avg_pool2d(saliency[None, None], 4)[0, 0].half().cpu().numpy()))
+    seconds = time.perf_counter() - rise_started
+    if rows:
+        crop_names, crop_rows, classes, probs, maps = zip(*rows, strict=True)
+        np.savez(out / "rise_maps_crops.npz", names=np.array(crop_names), params=np.stack(crop_rows),
+                 class_ids=np.array(classes), probs=np.array(probs, np.float32), maps=np.stack(maps),
+                 masks=len(all_masks), pool=4)
+    return {"crops": len(rows), "crop_seconds": seconds, "masked_images_per_s": len(rows) * len(all_masks) / seconds}
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--prepare", metavar="DIR", help="write the inputs (here, with ../shared) and stop")
@@ -143,6 +174,8 @@ def main() -> int:
     parser.add_argument("--masks", type=int, default=4000)
     parser.add_argument("--chunk", type=int, default=1000, help="masked images per forward")
     parser.add_argument("--deadline", type=float, default=300, help="seconds; stop and save what is done")
+    parser.add_argument("--augment", type=int, default=0,
+                        help="instead of the views themselves: this many random crops of each training view")
     parser.add_argument("--device", default="cuda", help="cpu only to try the script on a few masks")
     args = parser.parse_args()
     if args.prepare:
@@ -153,7 +186,7 @@ def main() -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = build(Path(args.work), out, args.masks, args.chunk, args.deadline, args.device)
+    report = build(Path(args.work), out, args.masks, args.chunk, args.deadline, args.device, args.augment)
     (out / "rise_targets.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
