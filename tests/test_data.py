@@ -152,3 +152,4 @@ def test_shard_indices_cover_the_epoch_like_distributed_sampler():
     assert all(len(s) == 4 for s in shards)
     assert set().union(*shards) == set(range(10))
     assert shard_indices(10, 2, 0, 0, 1, True) != shard_indices(10, 3, 0, 0, 1, True)
+

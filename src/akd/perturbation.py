@@ -31,8 +31,8 @@ def rise_blur(images: torch.Tensor, size: int = 11, sigma: float = 5.0) -> torch
 def rise_masks(count: int, height: int, width: int, cells: int = 7, keep: float = 0.5, batch_size: int = 100,
                seed: int = 0) -> Iterator[torch.Tensor]:
     """RISE's masks (Petsiuk et al. 2018) in batches of (n, 1, H, W): an s x s Bernoulli(keep) grid, bilinearly
-    upsampled to (s + 1) * cell and randomly shifted by up to one cell. A seed gives the same masks on any
-    device, so a cache built on a GPU holds the maps the CPU baseline computes."""
+    upsampled to (s + 1) * cell and randomly shifted by up to one cell. The seed and ``batch_size`` (the draws
+    interleave per batch) give the same masks on any device, so maps built on a GPU are the CPU baseline's."""
     generator = torch.Generator().manual_seed(seed)
     cell_h, cell_w = math.ceil(height / cells), math.ceil(width / cells)
     for start in range(0, count, batch_size):

@@ -87,24 +87,3 @@ def real_images(config: dict, data: str | None, count: int) -> np.ndarray:
     """``count`` photographs from ``data`` (default: scikit-image's bundled photos), deterministically sampled."""
     return images_of(sampled(discover(data or "sample-photos", "test").samples, seed=0)[:count], config)
 
-
-def crop_params(count: int, size: int, seed: int) -> np.ndarray:
-    """``count`` random-resized-crop boxes of a ``size`` x ``size`` view (the training augmentation's scale and
-    aspect ranges) with a flip flag each: rows (top, left, height, width, flip), reproducible from ``seed``."""
-    from torchvision import transforms as T
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
-        rows = [(*T.RandomResizedCrop.get_params(torch.empty(1, size, size), (0.25, 1.0), (3 / 4, 4 / 3)),
-                 int(torch.rand(()) < 0.5)) for _ in range(count)]
-    return np.array(rows, dtype=np.int64)
-
-
-def cropped_view(images: torch.Tensor, params) -> torch.Tensor:
-    """The crop ``params`` (a ``crop_params`` row) of (N, C, H, W) images, resized back to (H, W) and flipped
-    when the row says so: the same view wherever its RISE map or its training step is computed."""
-    from torchvision.transforms import functional as TF
-
-    top, left, height, width, flip = (int(v) for v in params)
-    view = TF.resized_crop(images, top, left, height, width, list(images.shape[-2:]), antialias=True)
-    return view.flip(-1) if flip else view
