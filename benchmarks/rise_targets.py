@@ -86,6 +86,28 @@ def read_views(work: Path, preprocessing: dict) -> tuple[list[str], torch.Tensor
     return [p.stem.replace("__", "/") for p in paths], (torch.from_numpy(pixels).permute(0, 3, 1, 2) - mean) / std
 
 
+def crop_params(count: int, size: int, seed: int) -> np.ndarray:
+    """``count`` random-resized-crop boxes of a ``size`` x ``size`` view (the training augmentation's scale and
+    aspect ranges) with a flip flag each: rows (top, left, height, width, flip), reproducible from ``seed``."""
+    from torchvision import transforms as T
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        rows = [(*T.RandomResizedCrop.get_params(torch.empty(1, size, size), (0.25, 1.0), (3 / 4, 4 / 3)),
+                 int(torch.rand(()) < 0.5)) for _ in range(count)]
+    return np.array(rows, dtype=np.int64)
+
+
+def cropped_view(images: torch.Tensor, params) -> torch.Tensor:
+    """The crop ``params`` (a ``crop_params`` row) of (N, C, H, W) images, resized back to (H, W) and flipped
+    when the row says so: the same view wherever its RISE map or a training step is computed."""
+    from torchvision.transforms import functional as TF
+
+    top, left, height, width, flip = (int(v) for v in params)
+    view = TF.resized_crop(images, top, left, height, width, list(images.shape[-2:]), antialias=True)
+    return view.flip(-1) if flip else view
+
+
 @torch.no_grad()
 def build(work: Path, out: Path, masks: int, chunk: int, deadline: float, device: str, augment: int = 0) -> dict:
     """Maps image by image until ``deadline`` seconds have passed; fp16 + channels_last on CUDA."""
@@ -140,7 +162,6 @@ def build(work: Path, out: Path, masks: int, chunk: int, deadline: float, device
 def crops(names, images, per_image, classify, all_masks, chunk, started, deadline, out) -> dict:
     """RISE maps of ``per_image`` random-resized-crop views of each training view (``crop_params`` seeded by
     the image's index), round-robin over the images so a deadline leaves every image some views."""
-    from akd.data.preprocessing import crop_params, cropped_view
     from akd.perturbation import rise_saliency
 
     train = [(index, name) for index, name in enumerate(names) if name.startswith("train/")]
