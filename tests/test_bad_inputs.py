@@ -204,7 +204,7 @@ def test_nan_graph_fails_every_gate_and_the_runtime(graph, tmp_path):
             pytest.raises(AkdError, match="nan.onnx: the model returned non-finite"):
         engine.explain(np.zeros((40, 50, 3), np.uint8))
     nan_maps = {"saliency": np.full((2, 1, 4, 4), np.nan), "class_id": np.array([1, 2])}
-    good_maps = {"saliency": np.zeros((2, 1, 4, 4)), "class_id": np.array([1, 2])}
+    good_maps = {"saliency": np.zeros((2, 1, 4, 4)), "class_id": np.array([1, 2]), "logits": 5 * np.eye(2, 3, 1)}
     nan_metrics = parity.compare(good_maps, nan_maps, real=np.array([False, True]))
     for precision in ("fp32", "fp16", "int8"):
         assert parity.failures(nan_metrics, precision)  # every precision's gate has a saliency limit

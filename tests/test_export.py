@@ -304,8 +304,9 @@ def test_parity_measures_directly():
     shifted = np.roll(ramp, 10)  # top 20: 80..99 vs the positions now holding 70..89 -> 10 shared of 30
     assert parity.top_iou(ramp, shifted) == pytest.approx(10 / 30)
     maps = np.stack([ramp, ramp])[:, None].reshape(2, 1, 10, 10)
-    reference = {"saliency": maps, "class_id": np.array([1, 2])}
-    candidate = {"saliency": maps + 0.5, "class_id": np.array([1, 3])}
+    logits = np.array([[0.0, 5.0, 1.0, 0.0], [0.0, 1.0, 5.0, 0.0]])
+    reference = {"saliency": maps, "class_id": np.array([1, 2]), "logits": logits}
+    candidate = {"saliency": maps + 0.5, "class_id": np.array([1, 3]), "logits": logits}
     metrics = parity.compare(reference, candidate, real=np.array([True, False]))
     assert metrics["saliency_max_abs"] == pytest.approx(0.5) and metrics["saliency_pearson"] == pytest.approx(1.0)
     assert metrics["class_agreement"] == 1.0 and metrics["real_images"] == 1  # the generated image's class is free
@@ -313,23 +314,35 @@ def test_parity_measures_directly():
     assert metrics["class_agreement"] == 0.5  # no real image: judged on all
 
 
-def test_fp16_is_judged_on_real_photos_with_a_looser_limit_for_generated_images():
+def test_fp16_is_judged_on_decided_real_photos_with_a_looser_limit_for_generated_images():
     """fp16's primary limit reads the real photos; generated images (where half precision rounds most) get a
-    looser one; a graph broken on either is still refused."""
-    maps = np.zeros((3, 1, 4, 4))
-    reference = {"saliency": maps, "class_id": np.array([1, 2, 3])}
-    real = np.array([False, True, True])
+    looser one; near-ties (top two logits < NEAR_TIE apart, where the map blends two classes) are reported, not
+    judged; a graph broken on any decided image is still refused, and so is one left with too few decided."""
+    maps = np.zeros((4, 1, 4, 4))
+    clear, tied = [0.0, 0.0, 9.0, 0.0, 0.0], [0.0, 0.0, 4.00, 3.99, 0.0]
+    reference = {"saliency": maps, "class_id": np.array([1, 2, 3, 3]), "logits": np.array([clear, clear, clear, tied])}
+    real = np.array([False, True, True, True])
 
-    def fp16_failures(generated_error: float, real_error: float, classes=(1, 2, 3)) -> list[str]:
-        candidate = {"saliency": maps + np.array([generated_error, real_error, 0.0])[:, None, None, None],
-                     "class_id": np.array(classes)}
-        return parity.failures(parity.compare(reference, candidate, real), "fp16")
+    def fp16_metrics(generated: float, real_error: float, tie_error: float = 0.0, classes=(1, 2, 3, 3)) -> dict:
+        errors = np.array([generated, real_error, 0.0, tie_error])[:, None, None, None]
+        candidate = {"saliency": maps + errors, "class_id": np.array(classes), "logits": reference["logits"]}
+        return parity.compare(reference, candidate, real)
+
+    def fp16_failures(*args, **kwargs) -> list[str]:
+        return parity.failures(fp16_metrics(*args, **kwargs), "fp16")
 
     assert fp16_failures(0.0126, 0.008) == []  # the shipped surrogate's numbers before the calibrated map
-    assert fp16_failures(0.0126, 0.012) == ["saliency_max_abs_real"]
-    assert fp16_failures(0.05, 0.001) == ["saliency_max_abs_generated"]
-    assert fp16_failures(0.0, 0.0, classes=(1, 2, 4)) == ["class_agreement"]
-    assert fp16_failures(0.0, np.nan) == ["saliency_max_abs_real"]
+    assert fp16_failures(0.0126, 0.012) == ["saliency_max_abs_real_decided"]
+    assert fp16_failures(0.05, 0.001) == ["saliency_max_abs_generated_decided"]
+    assert fp16_failures(0.0, 0.0, classes=(1, 2, 4, 3)) == ["class_agreement_decided"]
+    assert fp16_failures(0.0, np.nan) == ["saliency_max_abs_real_decided"]
+    near_tie = fp16_metrics(0.0, 0.0, tie_error=0.2, classes=(1, 2, 3, 4))  # the tie moved and flipped
+    assert parity.failures(near_tie, "fp16") == [] and near_tie["near_ties"] == 1
+    assert near_tie["saliency_max_abs_near_ties"] == pytest.approx(0.2) and near_tie["class_agreement"] < 1
+    assert parity.failures(near_tie, "fp32") == ["saliency_max_abs", "class_agreement"]  # fp32 judges every image
+    mostly_tied = dict(reference, logits=np.array([clear, tied, tied, tied]))
+    candidate = {"saliency": maps + 0.3, "class_id": np.array([1, 2, 3, 3]), "logits": mostly_tied["logits"]}
+    assert "decided_share_real" in parity.failures(parity.compare(mostly_tied, candidate, real), "fp16")
 
 
 @pytest.mark.parametrize("fmt", ["engine", "all"])

@@ -97,11 +97,12 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
     """Trace ``module`` (a DeployableSurrogate) into a checked graph, simplified with onnxslim.
 
     ``fp16`` traces under torch autocast: convolutions and matrix products in fp16 with fp16 weights, inputs and
-    outputs in fp32, and the ops the model pins to fp32 (attention pooling and gates, the saliency sigmoid, the
-    softmax) kept there. onnxconverter-common's converter produced invalid graphs for these models (Cast type
-    mismatches around shared attention weights), so it is not used. The fp16 graph is not passed through onnxslim,
-    whose Conv+BatchNorm fusion writes fp32 weights into fp16 convolutions (onnxslim 0.1.98); onnxruntime and
-    TensorRT fuse BatchNorm themselves when they load the graph.
+    outputs in fp32, and kept in fp32: the network through its first (stride-8) tap (``fp32_through_first_tap``)
+    and the ops the model pins there (attention pooling and gates, the saliency sigmoid, the softmax).
+    onnxconverter-common's converter produced invalid graphs for these models (Cast type mismatches around shared
+    attention weights), so it is not used. The fp16 graph is not passed through onnxslim, whose Conv+BatchNorm
+    fusion writes fp32 weights into fp16 convolutions (onnxslim 0.1.98); onnxruntime and TensorRT fuse BatchNorm
+    themselves when they load the graph.
     """
     import contextlib
     import io
@@ -113,6 +114,7 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
     buffer = io.BytesIO()
     batch_axis = {0: "batch"}
     precision = torch.autocast("cpu", dtype=torch.float16) if fp16 else contextlib.nullcontext()
+    fp32_prefix = module.surrogate.student.fp32_through_first_tap() if fp16 else []
     with torch.no_grad(), precision, warnings.catch_warnings():
         # the tracer's notes on shape arithmetic that is constant at a fixed input size, and on instance_norm's
         # training flag (the map's standardisation has no running statistics): true, expected, not the user's
@@ -122,6 +124,8 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
                           output_names=list(contract.OUTPUTS),
                           dynamic_axes={name: batch_axis for name in (contract.INPUT, *contract.OUTPUTS)},
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)
+    for handle in fp32_prefix:
+        handle.remove()
     model = onnx.load_from_string(buffer.getvalue())
     set_metadata(model, metadata)
     model = check_graph(model, "fused graph")

@@ -93,6 +93,39 @@ class Student(nn.Module):
         features = self._features.pop() if self._features else logits.new_zeros(len(logits), 0, 1, 1)
         return StudentOutput(logits, deltas, features)
 
+    def fp32_through_first_tap(self) -> list:
+        """Under autocast, run the network in fp32 up to and including its first (stride-8) tap; returns the hook
+        handles. fp16 loses most there, in the high-resolution stages with few channels (per stage on an H200 and
+        through onnxruntime: docs/BENCHMARKS.md "GPU"), which hold a small share of the weights."""
+        saved: list[dict[str, bool]] = []
+
+        def enter(_module, _inputs) -> None:
+            saved.append({device: torch.is_autocast_enabled(device) for device in ("cpu", "cuda")})
+            for device in saved[-1]:
+                torch.set_autocast_enabled(device, False)
+
+        def leave(_module, _inputs, _output) -> None:
+            for device, enabled in saved.pop().items():
+                torch.set_autocast_enabled(device, enabled)
+
+        return [self.network.register_forward_pre_hook(enter), self._taps[0].register_forward_hook(leave)]
+
+    def modules_through_first_tap(self, sample: torch.Tensor) -> list[nn.Module]:
+        """The network's modules that run before its first tap's output exists (found by running ``sample``):
+        the ones ``fp32_through_first_tap`` keeps in fp32, whose weights must stay fp32 too."""
+        seen: list[nn.Module] = []
+        finished: list[bool] = []
+        handles = [module.register_forward_hook(lambda module, _i, _o: None if finished else seen.append(module))
+                   for module in self.network.modules() if module is not self.network]
+        handles.append(self._taps[0].register_forward_hook(lambda *_: finished.append(True)))
+        try:
+            with torch.no_grad():
+                self(sample)
+        finally:
+            for handle in handles:
+                handle.remove()
+        return seen
+
     def _linear_head(self, features: torch.Tensor) -> nn.Linear:
         classifier = self._classifier[0]
         if not (isinstance(classifier, nn.Linear) and self._pool_type == "avg"

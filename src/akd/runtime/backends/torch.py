@@ -48,9 +48,14 @@ class TorchRunner(Runner):
         module, config = DeployableSurrogate(surrogate, "float-nchw"), surrogate.config
         self.torch, self.device, self.fp16, self.cuda_graphs = torch, torch.device(device), fp16, cuda_graphs
         self.model = module.eval().to(self.device)
-        if fp16:  # convolution and linear weights in half once, so autocast never re-casts them per forward
+        if fp16:  # convolution and linear weights in half once, so autocast never re-casts them per forward;
+            # the network through its first tap stays fp32 (see Student.fp32_through_first_tap)
+            student = surrogate.student
+            height, width = config["input_size"]
+            kept = set(student.modules_through_first_tap(torch.zeros(1, 3, height, width, device=self.device)))
+            student.fp32_through_first_tap()  # for the runner's life: the model goes when it closes
             for child in self.model.modules():
-                if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)):
+                if isinstance(child, (torch.nn.Conv2d, torch.nn.Linear)) and child not in kept:
                     child.half()
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True  # fixed shapes per bucket: pick the fastest kernels once
