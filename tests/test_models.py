@@ -215,3 +215,27 @@ def test_a_dead_decoder_is_skipped_exactly_and_only_when_dead():
         surrogate.explainer.head.weight[0, 0, 1, 1] = 0.1  # a trained head: the decoder matters again
         assert not surrogate.explainer.drop_dead_decoder()
         assert not torch.equal(surrogate(images)[0], short)
+
+
+@pytest.mark.parametrize("arch", ["resnet18_cbam", "timm:tf_efficientnet_lite0"])
+def test_fp16_keeps_the_network_through_its_first_tap_in_fp32(arch):
+    """Under autocast the stages up to the stride-8 tap run (and keep weights) in fp32, the rest in fp16; the
+    autocast state is restored after the forward, and the found modules are exactly those that run first."""
+    student = build_student(arch, 10).eval()
+    sample = torch.zeros(1, 3, 64, 64)
+    kept = student.modules_through_first_tap(sample)
+    first_tap, last_tap = student._taps[0], student._taps[-1]
+    assert first_tap in kept and last_tap not in kept and student._classifier[0] not in kept
+    convolutions = [m for m in student.network.modules() if isinstance(m, torch.nn.Conv2d)]
+    early = next(m for m in convolutions if m in kept)
+    late = next(m for m in reversed(convolutions) if m not in kept)
+    dtypes = {}
+    handles = [conv.register_forward_hook(lambda module, _i, out: dtypes.__setitem__(module, out.dtype))
+               for conv in (early, late)]
+    handles += student.fp32_through_first_tap()
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.float16):
+        student(sample)
+        assert torch.is_autocast_enabled("cpu")  # restored once the prefix has run
+    for handle in handles:
+        handle.remove()
+    assert dtypes[early] == torch.float32 and dtypes[late] == torch.float16
