@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from pathlib import Path
 
 import numpy as np
@@ -10,11 +11,20 @@ import torch
 from PIL import Image
 from torch import nn
 
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 IMAGENET_SAMPLE = SHARED / "data" / "imagenet-sample"
 MOBILENET_ONNX = SHARED / "models" / "mobilenet_v2_1.0_224.onnx"
 NUM_CLASSES = 4
 SIZE = 32
+
+
+def load_benchmark(name: str):
+    """A benchmark script as a module (they are scripts, not a package), to test the parts that run here."""
+    spec = importlib.util.spec_from_file_location(name, BENCHMARKS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class TinyNet(nn.Module):

@@ -4,30 +4,23 @@ shipped surrogate itself - a check on the device that judged other inputs or ano
 
 from __future__ import annotations
 
-import importlib.util
 import subprocess
 import sys
-from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py"
+from conftest import BENCHMARKS, load_benchmark
 
-
-def _gpu_check():
-    spec = importlib.util.spec_from_file_location("gpu_check", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+SCRIPT = BENCHMARKS / "gpu_check.py"
 
 
 def test_inputs_are_the_clip_and_the_prepared_photos_as_the_engine_sees_them(tmp_path):
     from akd.runtime.engine import SaliencyEngine
 
-    gpu_check = _gpu_check()
+    gpu_check = load_benchmark("gpu_check")
     frames_only = gpu_check.load_inputs(tmp_path)
     assert frames_only.shape == (24, 3, 224, 224)
     (tmp_path / "views").mkdir()

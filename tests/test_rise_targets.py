@@ -4,24 +4,19 @@ explains must be reproducible wherever they are rebuilt."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "rise_targets.py"
+from conftest import load_benchmark
 
 
 @pytest.fixture(scope="module")
 def rise_targets():
-    spec = importlib.util.spec_from_file_location("rise_targets", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_benchmark("rise_targets")
 
 
 def test_crop_views_are_reproducible_boxes_of_the_training_ranges(rise_targets):

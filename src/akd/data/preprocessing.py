@@ -86,4 +86,3 @@ def images_of(samples: list, config: dict) -> np.ndarray:
 def real_images(config: dict, data: str | None, count: int) -> np.ndarray:
     """``count`` photographs from ``data`` (default: scikit-image's bundled photos), deterministically sampled."""
     return images_of(sampled(discover(data or "sample-photos", "test").samples, seed=0)[:count], config)
-
