@@ -19,7 +19,7 @@ import numpy as np
 
 from akd import contract
 from akd.contract import CLASS_ID, SALIENCY, SCORE
-from akd.runtime.backends import ModelInfo, Runner, open_runner
+from akd.runtime.backends import Inference, ModelInfo, Runner, open_runner
 from akd.runtime.geometry import FITS, Placement, place, to_frame, to_model
 from akd.util import AkdError
 
@@ -129,33 +129,43 @@ class SaliencyEngine:
         if not batch_frames:
             raise AkdError("no frames given")
         step = max(1, self.info.max_batch)
-        chunks = (batch_frames[start:start + step] for start in range(0, len(batch_frames), step))
-        results = [result for chunk in self.explain_batches(chunks, model_resolution) for result in chunk]
+        chunks = [batch_frames[start:start + step] for start in range(0, len(batch_frames), step)]
+        if len(chunks) == 1:  # nothing to overlap with: one call on this thread
+            t0 = time.perf_counter()
+            batch, placements = self.preprocess(chunks[0])
+            t1 = time.perf_counter()
+            results = self._finish(self.runner.infer(batch), placements, t0, t1, model_resolution)
+        else:
+            results = [result for chunk in self.explain_batches(chunks, model_resolution) for result in chunk]
         return results[0] if single else results
 
     def explain_batches(self, chunks: Iterable[Sequence[np.ndarray]], model_resolution: bool = False
                         ) -> Iterator[list[Result]]:
-        """Each chunk's results, in order, with up to two chunks in flight on the CUDA pipelines: chunk i+1 is
-        preprocessed and copied to the device while chunk i computes (other backends run one at a time).
-        Each chunk must fit the model's maximum batch."""
+        """Each chunk's results, in order, with up to two chunks in flight where the runner allows (the CUDA
+        pipelines, onnxruntime's worker thread): chunk i+1 is preprocessed (and copied to the device) while chunk
+        i computes. Each chunk must fit the model's maximum batch."""
         depth = max(1, min(2, self.runner.in_flight))
         pending: deque[tuple[Any, list[Placement], float, float]] = deque()
+
+        def finish(handle, placements, t0, t1):
+            return self._finish(self.runner.collect(handle), placements, t0, t1, model_resolution)
+
         for chunk in chunks:
             t0 = time.perf_counter()
             batch, placements = self.preprocess(chunk)
             t1 = time.perf_counter()
             pending.append((self.runner.submit(batch), placements, t0, t1))
             if len(pending) == depth:
-                yield self._finish(*pending.popleft(), model_resolution)
+                yield finish(*pending.popleft())
         while pending:
-            yield self._finish(*pending.popleft(), model_resolution)
+            yield finish(*pending.popleft())
 
-    def _finish(self, handle, placements: list[Placement], t0: float, t1: float,
+    def _finish(self, inference: Inference, placements: list[Placement], t0: float, t1: float,
                 model_resolution: bool) -> list[Result]:
-        outputs, runner_ms = self.runner.collect(handle)
+        """A batch's results; ``t0``/``t1``: when its preprocessing started and ended."""
         t2 = time.perf_counter()
-        results = self._results(outputs, placements, model_resolution)
-        stage_ms = {"preprocess": (t1 - t0) * 1e3, **runner_ms, "infer_total": (t2 - t1) * 1e3,
+        results = self._results(inference.outputs, placements, model_resolution)
+        stage_ms = {"preprocess": (t1 - t0) * 1e3, **inference.stage_ms, "infer_total": (t2 - t1) * 1e3,
                     "postprocess": (time.perf_counter() - t2) * 1e3}  # per call: threads never mix them
         for result in results:
             result.stage_ms = stage_ms

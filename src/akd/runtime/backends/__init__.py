@@ -61,13 +61,13 @@ class Runner(abc.ABC):
     in_flight = 1  # batches ``submit`` can hold before ``collect``: the CUDA pipelines' slot count
 
     def infer(self, batch: np.ndarray) -> Inference:
+        """One batch, start to finish."""
         return self.collect(self.submit(batch))
 
     def submit(self, batch: np.ndarray) -> Any:
         """Start a batch and return a handle for ``collect``: the CUDA pipelines return at once (copies and compute
-        run on a stream), the other backends finish here."""
-        if not self.active:
-            raise AkdError(f"{self.info.source}: this runner was closed")
+        run on a stream), the onnxruntime runner hands it to its worker thread, the other backends finish here."""
+        self.check_active()
         self.check_input(batch)
         return self._submit(batch)
 
@@ -80,6 +80,10 @@ class Runner(abc.ABC):
 
     def _collect(self, handle: Any) -> tuple[dict[str, np.ndarray], dict[str, float]]:
         return handle
+
+    def check_active(self) -> None:
+        if not self.active:
+            raise AkdError(f"{self.info.source}: this runner was closed")
 
     def check_input(self, batch: np.ndarray) -> None:
         """The batch must be what the graph takes: its dtype, per-sample shape and at most ``max_batch`` samples."""

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from akd import contract
-from akd.runtime.backends import ModelInfo, Runner
+from akd.runtime.backends import Inference, ModelInfo, Runner
 from akd.util import AkdError
 
 ENGINE_CACHE = Path(os.environ.get("AKD_TRT_CACHE_DIR", Path.home() / ".cache" / "akd" / "onnxruntime-tensorrt"))
@@ -84,6 +84,12 @@ class OnnxRuntimeRunner(Runner):
     # one worker thread runs the session (onnxruntime releases the GIL), so a stream's next batch is preprocessed
     # while this one computes: SaliencyEngine.explain_batches keeps two in flight
     in_flight = 2
+
+    def infer(self, batch: np.ndarray) -> Inference:
+        """One batch on the calling thread: with nothing to overlap, a hand-off to the worker only adds latency."""
+        self.check_active()
+        self.check_input(batch)
+        return Inference(*self._infer(batch))
 
     def _submit(self, batch: np.ndarray):
         from concurrent.futures import ThreadPoolExecutor
