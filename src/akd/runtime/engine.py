@@ -131,13 +131,16 @@ class SaliencyEngine:
         step = max(1, self.info.max_batch)
         chunks = [batch_frames[start:start + step] for start in range(0, len(batch_frames), step)]
         if len(chunks) == 1:  # nothing to overlap with: one call on this thread
-            t0 = time.perf_counter()
-            batch, placements = self.preprocess(chunks[0])
-            t1 = time.perf_counter()
-            results = self._finish(self.runner.infer(batch), placements, t0, t1, model_resolution)
+            results = self._explain_now(chunks[0], model_resolution)
         else:
             results = [result for chunk in self.explain_batches(chunks, model_resolution) for result in chunk]
         return results[0] if single else results
+
+    def _explain_now(self, chunk: Sequence[np.ndarray], model_resolution: bool) -> list[Result]:
+        t0 = time.perf_counter()
+        batch, placements = self.preprocess(chunk)
+        t1 = time.perf_counter()
+        return self._finish(self.runner.infer(batch), placements, t0, t1, model_resolution)
 
     def explain_batches(self, chunks: Iterable[Sequence[np.ndarray]], model_resolution: bool = False
                         ) -> Iterator[list[Result]]:
@@ -145,6 +148,9 @@ class SaliencyEngine:
         pipelines, onnxruntime's worker thread): chunk i+1 is preprocessed (and copied to the device) while chunk
         i computes. Each chunk must fit the model's maximum batch."""
         depth = max(1, min(2, self.runner.in_flight))
+        if depth == 1:
+            yield from (self._explain_now(chunk, model_resolution) for chunk in chunks)
+            return
         pending: deque[tuple[Any, list[Placement], float, float]] = deque()
 
         def finish(handle, placements, t0, t1):
