@@ -37,6 +37,15 @@ def batch_norm_eval(x, weight, bias, mean, var, training, momentum, eps):
     return x * scale.view(shape) + (bias - mean * scale).view(shape), mean[:0], var[:0]
 
 
+def decompositions() -> dict:
+    """PyTorch's core ATen decompositions, with eval batch norm as its folded affine form."""
+    table = dict(core_aten_decompositions())
+    table[aten.native_batch_norm.default] = batch_norm_eval
+    table[aten._native_batch_norm_legit_no_training.default] = (
+        lambda x, w, b, m, v, momentum, eps: batch_norm_eval(x, w, b, m, v, False, momentum, eps))
+    return table
+
+
 def layercam_at_tap(network: torch.nn.Module, tap: int):
     def forward(x: torch.Tensor) -> torch.Tensor:
         with torch.enable_grad():
@@ -55,13 +64,11 @@ def layercam_at_tap(network: torch.nn.Module, tap: int):
 def input_gradients_as_convolutions(module: torch.fx.GraphModule, example: torch.Tensor) -> int:
     """Replace every convolution_backward (only its input gradient is used) by a forward convolution."""
     ShapeProp(module).propagate(example)
-    graph, replaced = module.graph, 0
-    for node in list(graph.nodes):
-        if node.target != aten.convolution_backward.default:
-            continue
-        grad_out, inp, weight, _, stride, padding, dilation, _, _, groups, _ = node.args
-        kernel = tuple(weight.meta["tensor_meta"].shape[-2:])
-        size, out_size = inp.meta["tensor_meta"].shape[-2:], grad_out.meta["tensor_meta"].shape[-2:]
+    graph = module.graph
+    found = [(node, *(tuple(node.args[i].meta["tensor_meta"].shape[-2:]) for i in (1, 0, 2)))
+             for node in graph.nodes if node.target == aten.convolution_backward.default]  # shapes before rewriting
+    for node, size, out_size, kernel in found:
+        grad_out, _, weight, _, stride, padding, dilation, _, _, groups, _ = node.args
         with graph.inserting_before(node):
             if kernel == (1, 1) and list(stride) == [1, 1] and groups == 1:
                 args = (grad_out, graph.call_function(aten.permute.default, (weight, [1, 0, 2, 3])), None, [1, 1],
@@ -80,13 +87,12 @@ def input_gradients_as_convolutions(module: torch.fx.GraphModule, example: torch
             assert not user.users, "a weight or bias gradient is used"
             graph.erase_node(user)
         graph.erase_node(node)
-        replaced += 1
     for node in graph.nodes:
         node.meta.pop("tensor_meta", None)
     graph.eliminate_dead_code()
     graph.lint()
     module.recompile()
-    return replaced
+    return len(found)
 
 
 def export(module: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
@@ -126,11 +132,7 @@ def main() -> int:
         parameter.requires_grad_(False)
     example = torch.randn(1, 3, 224, 224, generator=torch.Generator().manual_seed(0))
     reference = layercam_at_tap(network, tap=4)
-    table = dict(core_aten_decompositions())
-    table[aten.native_batch_norm.default] = batch_norm_eval
-    table[aten._native_batch_norm_legit_no_training.default] = (
-        lambda x, w, b, m, v, momentum, eps: batch_norm_eval(x, w, b, m, v, False, momentum, eps))
-    traced = make_fx(reference, tracing_mode="real", decomposition_table=table)(example)
+    traced = make_fx(reference, tracing_mode="real", decomposition_table=decompositions())(example)
     replaced = input_gradients_as_convolutions(traced, example)
     export(traced, example, out / "fused_map.onnx")
     export(network, example, out / "student.onnx")
