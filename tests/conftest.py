@@ -144,3 +144,14 @@ def shipped_onnx(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shipped") / "lite0.onnx"
     export(ExportOptions(default_model(), str(out), verify=False))
     return out
+
+
+@pytest.fixture(scope="session")
+def shipped_onnx_forward_only(tmp_path_factory) -> Path:
+    """The shipped surrogate exported with --no-layercam (CAM's map, no gradient): what OpenCV DNN can run."""
+    from akd.deploy.exporter import ExportOptions, export
+    from akd.runtime.engine import default_model
+
+    out = tmp_path_factory.mktemp("shipped") / "lite0-forward.onnx"
+    export(ExportOptions(default_model(), str(out), layercam=False, verify=False))
+    return out

@@ -216,6 +216,7 @@ ModelConfig parse_config(const std::string& config_json, const std::string& inpu
   parsed.classes = config.at("classes").get<std::vector<std::string>>();
   parsed.input_format = input_format;
   parsed.precision = precision;
+  parsed.gradient_map = config.value("layercam_weight", 0.0) > 0.0;
   return parsed;
 }
 

@@ -12,6 +12,10 @@ class OpenCvBackend : public Backend {
     if (config.input_format != "float-nchw") {
       throw Error(path + ": the OpenCV backend runs float-nchw graphs; export with --input-format float-nchw");
     }
+    if (config.gradient_map) {  // its backward pass as forward operations is beyond OpenCV 4's ONNX importer
+      throw Error(path + ": this graph's map reads a gradient (LayerCAM), which OpenCV DNN cannot run; export it "
+                  "with akd-export --no-layercam for this backend, or build a TensorRT engine (--format engine)");
+    }
     try {
       const std::string graph = opencv_compatible(path);
       net_ = cv::dnn::readNetFromONNX(graph.data(), graph.size());

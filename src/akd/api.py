@@ -70,7 +70,7 @@ def export(surrogate=None, out: str | None = None, *, precision: str = "fp32", f
     """The fused graph (and engine/serving files) of ``surrogate``: a .safetensors path, a ``Surrogate`` held in
     memory, or None for the one shipped with akd (then ``out`` is required). ``batch`` is the TensorRT profile
     (MIN, OPT, MAX), from which Triton's batching follows; ``engine``/``triton``: further ``EngineOptions`` /
-    ``TritonOptions`` fields; ``options``: ``ExportOptions`` fields (input_format, include_target, verify,
+    ``TritonOptions`` fields; ``options``: ``ExportOptions`` fields (input_format, include_target, layercam, verify,
     parity_data, calib_data, num_images, calibration_method, int8_target, max_drift, cache_dir, force);
     ``on_report(checks)`` receives the parity/drift numbers. Returns the paths written."""
     from akd.deploy.exporter import ExportOptions

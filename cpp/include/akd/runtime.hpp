@@ -28,6 +28,7 @@ struct ModelConfig {
   std::vector<std::string> classes;
   std::string input_format;  // float-nchw | uint8-nhwc
   std::string precision;
+  bool gradient_map = false;  // the map reads LayerCAM's gradient (config layercam_weight > 0)
 };
 
 // metadata_props of an ONNX file, read straight from its protobuf encoding (no onnx/protobuf dependency).

@@ -63,7 +63,8 @@ def run_export(args: argparse.Namespace) -> int:
         triton={"name": args.triton_name, "platform": args.triton_platform,
                 "queue_delay_us": args.triton_queue_delay_us, "instances": args.triton_instances,
                 "kind": f"KIND_{args.triton_kind.upper()}", "ort_tensorrt": args.triton_ort_tensorrt},
-        input_format=args.input_format, include_target=args.include_target, verify=not args.no_verify,
+        input_format=args.input_format, include_target=args.include_target, layercam=not args.no_layercam,
+        verify=not args.no_verify,
         parity_data=args.parity_data, calib_data=args.calib_data, num_images=args.num_images,
         calibration_method=args.calibration_method, int8_target=args.int8_target, max_drift=args.max_drift,
         cache_dir=args.cache_dir, force=args.force, on_report=lambda checks: _print_checks(checks, args.prog))

@@ -116,6 +116,9 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
                         help="uint8-nhwc fuses scaling and normalisation into the graph")
     parser.add_argument("--include-target", action="store_true",
                         help="fuse the target network too: class_id and score come from the target")
+    parser.add_argument("--no-layercam", action="store_true",
+                        help="export the map without its LayerCAM term (CAM's ranking alone): a forward-only graph, "
+                             "faster, that OpenCV DNN (akd-infer's .onnx backend) can run")
     parser.add_argument("--no-verify", action="store_true", help="skip the parity check against PyTorch")
     parser.add_argument("--parity-data", metavar="DIR", help="real images for the parity check (default: bundled)")
     parser.add_argument("--calib-data", metavar="DIR", help="calibration images/videos for int8 (optional for the "

@@ -94,7 +94,8 @@ def simplify(model):
 
 def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, metadata: dict[str, str],
                 fp16: bool = False):
-    """Trace ``module`` (a DeployableSurrogate) into a checked graph, simplified with onnxslim.
+    """Trace ``module`` (a DeployableSurrogate) into a checked graph, simplified with onnxslim. A map with LayerCAM
+    is first rewritten without autograd (``akd.deploy.gradients``).
 
     ``fp16`` traces under torch autocast: convolutions and matrix products in fp16 with fp16 weights, inputs and
     outputs in fp32, and kept in fp32: the network through its first (stride-8) tap (``fp32_through_first_tap``)
@@ -115,12 +116,19 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
     batch_axis = {0: "batch"}
     precision = torch.autocast("cpu", dtype=torch.float16) if fp16 else contextlib.nullcontext()
     fp32_prefix = module.surrogate.student.fp32_through_first_tap() if fp16 else []
+    module = module.eval()
+    if module.surrogate.explainer.layercam_weight:  # the map differentiates: its gradient as forward ops, casts
+        from akd.deploy.gradients import without_autograd  # included (traced under autocast, exported without)
+
+        with precision:
+            module = without_autograd(module, sample)
+        precision = contextlib.nullcontext()
     with torch.no_grad(), precision, warnings.catch_warnings():
         # the tracer's notes on shape arithmetic that is constant at a fixed input size, and on instance_norm's
         # training flag (the map's standardisation has no running statistics): true, expected, not the user's
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
-        torch.onnx.export(module.eval(), (sample,), buffer, input_names=[contract.INPUT],
+        torch.onnx.export(module, (sample,), buffer, input_names=[contract.INPUT],
                           output_names=list(contract.OUTPUTS),
                           dynamic_axes={name: batch_axis for name in (contract.INPUT, *contract.OUTPUTS)},
                           opset_version=OPSET, dynamo=False, do_constant_folding=True)

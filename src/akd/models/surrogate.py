@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -27,22 +28,42 @@ class Surrogate(nn.Module):
         self.config = config
         self.student: Student = build_student(config["student"], len(config["classes"]), init_state)
         self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128),
-                                   config.get("explainer_cam", False))
+                                   config.get("explainer_cam", False), config.get("layercam_weight", 0.0))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        logits, deltas, features = self.student(images)
-        # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
-        classes = len(self.config["classes"])
-        weights = (cam_class_weights(logits.reshape(-1, classes, 1, 1), self.config.get("cam_score", "logit"))
-                   if self.explainer.cam else None)
-        return self.explain(deltas, features, weights, images.shape[-2:]), logits
+        """Without grad mode (inference) the outputs carry no graph, even when the map differentiates inside."""
+        keep_graph = torch.is_grad_enabled()
+        with torch.enable_grad() if self.explainer.layercam_weight else contextlib.nullcontext():
+            logits, deltas, features, tap16 = self.student(images, gradient_tap=bool(self.explainer.layercam_weight))
+            # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
+            classes = len(self.config["classes"])
+            weights = (cam_class_weights(logits.reshape(-1, classes, 1, 1), self.config.get("cam_score", "logit"))
+                       if self.explainer.cam else None)
+            layercam = (layercam_map(logits, tap16, predicted_class(logits), keep_graph)
+                        if self.explainer.layercam_weight else None)
+            saliency = self.explain(deltas, features, weights, images.shape[-2:], layercam)
+        if not keep_graph:
+            saliency, logits = saliency.detach(), logits.detach()
+        return saliency, logits
 
     def explain(self, deltas: list[torch.Tensor], features: torch.Tensor, class_weights: torch.Tensor | None,
-                size: tuple[int, int]) -> torch.Tensor:
+                size: tuple[int, int], layercam: torch.Tensor | None = None) -> torch.Tensor:
         """The saliency map of the class(es) weighted by ``class_weights`` (N, classes, 1, 1) from the student's
-        outputs (CAM only when the explainer reads it)."""
+        outputs (CAM only when the explainer reads it; ``layercam`` when its config weights it)."""
         cam = self.student.class_activation_map(features, class_weights) if self.explainer.cam else None
-        return self.explainer(deltas, size, cam)
+        return self.explainer(deltas, size, cam, layercam)
+
+
+def layercam_map(logits: torch.Tensor, tap: torch.Tensor, class_weights: torch.Tensor,
+                 keep_graph: bool = False) -> torch.Tensor:
+    """(N,1,h,w) LayerCAM (Jiang et al. 2021) at ``tap`` of the log-probability of the classes weighted by
+    ``class_weights`` (N, classes): relu(sum_k relu(d log p / d A_k) A_k). Log-probability, not the logit, for
+    the reason CAM uses it (``cam_class_weights``). One backward pass from the logits to the tap; the gradient
+    is a constant of the map (no second-order graph). ``keep_graph``: the caller still backpropagates through
+    the forward (training)."""
+    score = (class_weights.detach() * torch.log_softmax(logits.float(), dim=1)).sum()
+    (gradient,) = torch.autograd.grad(score, tap, retain_graph=keep_graph)
+    return (gradient.clamp(min=0) * tap).sum(dim=1, keepdim=True).clamp(min=0)
 
 
 def predicted_class(logits: torch.Tensor, sharpness: float = 100.0) -> torch.Tensor:

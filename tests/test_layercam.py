@@ -1,0 +1,173 @@
+"""LayerCAM in the surrogate's map (config ``layercam_weight``): the map reads the gradient of the predicted
+class's log-probability at the stride-16 tap, and ``akd.deploy.gradients`` writes that gradient as forward
+operations so the surrogate stays one ONNX graph, with a batch size that follows its input."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from torch import nn
+
+from akd.deploy.gradients import _decompositions, input_gradients_as_convolutions, without_autograd
+from akd.deploy.graph import DeployableSurrogate, export_onnx
+from akd.models.explainer import Explainer
+from akd.models.surrogate import Surrogate, layercam_map
+
+from conftest import tiny_surrogate_config
+
+
+def test_layercam_map_is_the_positive_gradient_weighting_of_the_activations():
+    """logits = W mean(A): d log p_c / dA_k(x) = (W_ck - sum_j p_j W_jk) / hw at every position x, so the map is
+    relu(sum_k relu(that) A_k(x)) - computed here by hand."""
+    torch.manual_seed(0)
+    tap = torch.randn(2, 6, 3, 4).requires_grad_()
+    weight = torch.randn(5, 6)
+    logits = tap.mean((2, 3)) @ weight.t()
+    chosen = torch.nn.functional.one_hot(torch.tensor([1, 3]), 5).float()
+    got = layercam_map(logits, tap, chosen)
+    p = logits.softmax(1).detach()
+    grad = (weight[None] - (p @ weight)[:, None]).gather(1, torch.tensor([[1], [3]])[..., None].expand(2, 1, 6))
+    expected = ((grad[:, 0, :, None, None] / 12).clamp(min=0) * tap.detach()).sum(1, keepdim=True).clamp(min=0)
+    torch.testing.assert_close(got, expected)
+    assert expected.amax() > 0 and (expected == 0).any()  # both relus active somewhere
+
+
+def test_fused_ranking_puts_layercams_peak_first_where_cam_is_flat():
+    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weight=0.5)
+    explainer.drop_dead_decoder()
+    deltas = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4), torch.zeros(1, 32, 2, 2)]
+    cam = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])  # brightest at the bottom right
+    layercam = torch.zeros(1, 1, 4, 4)
+    layercam[0, 0, 2, 2] = 5.0  # the top-left pixel of CAM's bright quadrant
+    saliency = explainer(deltas, (32, 32), cam, layercam)[0, 0]
+    peak = divmod(int(saliency.argmax()), 32)
+    assert 16 <= peak[0] < 24 and 16 <= peak[1] < 24, peak
+    plain = Explainer([8, 16, 32], width=16, cam=True)
+    plain.drop_dead_decoder()
+    assert divmod(int(plain(deltas, (32, 32), cam)[0, 0].argmax()), 32) >= (24, 24)  # CAM alone: the corner
+    with pytest.raises(ValueError, match="needs cam"):
+        Explainer([8, 16, 32], layercam_weight=0.5)
+
+
+def test_input_gradients_written_as_convolutions_equal_autograd():
+    """Every convolution kind the rewrite handles (1x1, depthwise at stride 1, strided depthwise, strided full
+    with an odd input), through eval batch norm, on an input it was not traced on."""
+    from torch.fx.experimental.proxy_tensor import make_fx
+
+    torch.manual_seed(0)
+    head = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU6(),
+                         nn.Conv2d(16, 16, 5, padding=2, groups=16), nn.ReLU6(),
+                         nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16),
+                         nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU6())
+    classifier = nn.Linear(24, 5)
+    head[1].running_mean.uniform_(-1, 1)
+    head[1].running_var.uniform_(0.5, 2)
+    for module in (head, classifier):
+        module.eval().requires_grad_(False)
+
+    def layercam(tapped):
+        with torch.enable_grad():
+            tapped = tapped.detach().requires_grad_(True)
+            log_p = classifier(head(tapped).mean((2, 3))).log_softmax(1)
+            (grad,) = torch.autograd.grad(log_p.max(1).values.sum(), tapped)
+        return (grad.clamp(min=0) * tapped).sum(1)
+
+    example = torch.randn(1, 8, 13, 13)
+    traced = make_fx(layercam, tracing_mode="real", decomposition_table=_decompositions())(example)
+    assert input_gradients_as_convolutions(traced, example) == 4
+    assert not any("backward" in str(node.target) for node in traced.graph.nodes)
+    other = torch.randn(1, 8, 13, 13)
+    expected = layercam(other).detach()
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(traced(other), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def layercam_surrogate() -> DeployableSurrogate:
+    torch.manual_seed(0)
+    config = {**tiny_surrogate_config(), "explainer_cam": True, "cam_score": "log_probability",
+              "layercam_weight": 0.5, "input_size": [96, 96]}
+    surrogate = Surrogate(config).eval()
+    with torch.no_grad():
+        surrogate.student.network.fc.weight.mul_(50.0)  # classes stand clear of float rounding
+    return DeployableSurrogate(surrogate).eval()
+
+
+def test_layercam_graph_follows_the_batch_and_equals_torch(layercam_surrogate):
+    """Exported through make_fx at batch 2, the ONNX graph runs batches 1 and 3 like the eager surrogate; and the
+    map really reads LayerCAM (it differs from the same surrogate's map without it)."""
+    model = export_onnx(layercam_surrogate, layercam_surrogate.surrogate.config, "float-nchw", {})
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    generator = torch.Generator().manual_seed(1)
+    for batch in (1, 3):
+        images = torch.randn(batch, 3, 96, 96, generator=generator)
+        with torch.no_grad():
+            expected = [t.numpy() for t in layercam_surrogate(images)]
+        got = session.run(None, {"images": images.numpy()})
+        assert got[0].shape == (batch, 1, 96, 96)
+        np.testing.assert_allclose(got[0], expected[0], atol=1e-4)
+        np.testing.assert_allclose(got[1], expected[1], rtol=1e-4, atol=1e-4)
+        np.testing.assert_array_equal(got[2], expected[2])
+    surrogate = layercam_surrogate.surrogate
+    surrogate.explainer.layercam_weight = 0.0
+    try:
+        with torch.no_grad():
+            without = layercam_surrogate(images)[0].numpy()
+    finally:
+        surrogate.explainer.layercam_weight = 0.5
+    assert np.abs(without - expected[0]).max() > 0.05
+
+
+def test_layercam_forward_leaves_no_graph_in_inference_and_keeps_it_in_training(layercam_surrogate):
+    surrogate = layercam_surrogate.surrogate
+    images = torch.randn(2, 3, 96, 96)
+    with torch.no_grad():
+        saliency, logits = surrogate(images)
+    assert not saliency.requires_grad and not logits.requires_grad
+    saliency, logits = surrogate(images)
+    assert saliency.requires_grad and logits.requires_grad
+    (saliency.mean() + logits.mean()).backward()  # the forward's graph survived the map's own backward
+    assert surrogate.student.network.fc.weight.grad is not None
+
+
+def test_without_autograd_refuses_a_graph_whose_structure_follows_the_batch():
+    from akd.util import AkdError
+
+    class Odd(nn.Module):
+        def forward(self, x):
+            return x * 2 if len(x) % 2 else x + 1
+
+    with pytest.raises(AkdError, match="changes with the batch size"):
+        without_autograd(Odd(), torch.randn(2, 3))
+
+
+def test_no_layercam_export_is_forward_only_and_says_so(layercam_surrogate, tmp_path):
+    """``akd-export --no-layercam``: CAM's map without the gradient term, recorded in the graph's config."""
+    import json
+
+    import onnx
+
+    import akd
+    from akd.models.surrogate import save_checkpoint
+
+    checkpoint = tmp_path / "layercam.safetensors"
+    save_checkpoint(checkpoint, layercam_surrogate.surrogate)
+    full, = akd.export(str(checkpoint), str(tmp_path / "full.onnx"), verify=False)
+    plain, = akd.export(str(checkpoint), str(tmp_path / "plain.onnx"), verify=False, layercam=False)
+    convolutions = {name: sum(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
+                    for name, path in (("full", full), ("plain", plain))}
+    assert convolutions["full"] > convolutions["plain"] + 10  # the gradients through layer3's blocks and layer4
+    metadata = {p.key: p.value for p in onnx.load(str(plain)).metadata_props}
+    assert json.loads(metadata["akd_config"])["layercam_weight"] == 0.0
+    images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
+    surrogate = layercam_surrogate.surrogate
+    surrogate.explainer.layercam_weight = 0.0
+    try:
+        with torch.no_grad():
+            expected = layercam_surrogate(images)[0].numpy()
+    finally:
+        surrogate.explainer.layercam_weight = 0.5
+    got = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
+    np.testing.assert_allclose(got[0], expected, atol=1e-5)
