@@ -171,3 +171,26 @@ def test_no_layercam_export_is_forward_only_and_says_so(layercam_surrogate, tmp_
         surrogate.explainer.layercam_weight = 0.5
     got = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
     np.testing.assert_allclose(got[0], expected, atol=1e-5)
+
+
+def test_layercam_graph_quantizes_to_int8(layercam_surrogate, photo_folder, tmp_path):
+    """The gradient reads the classifier's weight again, transposed; onnxruntime's quantizer gives a shared
+    initializer one per-channel axis and failed on it (IndexError), so a weight's later readers stay float."""
+    import onnx
+
+    import akd
+    from akd.models.surrogate import save_checkpoint
+
+    checkpoint = tmp_path / "layercam.safetensors"
+    save_checkpoint(checkpoint, layercam_surrogate.surrogate)
+    for flavour in ("cpu", "tensorrt"):
+        graph, = akd.export(str(checkpoint), str(tmp_path / f"{flavour}.onnx"), precision="int8",
+                            calib_data=str(photo_folder), int8_target=flavour, num_images=24, max_drift=1.0,
+                            parity_data=str(photo_folder))
+        nodes = onnx.load(str(graph)).graph.node
+        produced = {output: node.op_type for node in nodes for output in node.output}
+        gemm_inputs = [produced.get(node.input[0]) for node in nodes if node.op_type == "Gemm"]
+        assert len(gemm_inputs) == 2 and gemm_inputs.count("DequantizeLinear") == 1, gemm_inputs  # gradient: float
+        outputs = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(
+            None, {"images": np.random.default_rng(0).normal(size=(2, 3, 96, 96)).astype(np.float32)})
+        assert outputs[0].shape == (2, 1, 96, 96) and np.isfinite(outputs[0]).all() and outputs[0].std() > 0

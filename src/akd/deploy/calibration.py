@@ -50,8 +50,19 @@ def float_nodes(fp32_path: str) -> list[str]:
     import onnx
 
     graph = onnx.load(fp32_path, load_external_data=False).graph
-    return [node.name for node in graph.node
+    kept = [node.name for node in graph.node
             if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
+    # a weight read twice (a LayerCAM graph's gradient reads the classifier's transposed, a strided convolution's
+    # through ConvTranspose): onnxruntime quantizes an initializer once, with the first reader's channel axis, so
+    # the later readers stay float
+    weights, readers = {tensor.name for tensor in graph.initializer}, set()
+    for node in graph.node:
+        weight = node.input[1] if len(node.input) > 1 and node.input[1] in weights else None
+        if weight is not None and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
+            if weight in readers:
+                kept.append(node.name)
+            readers.add(weight)
+    return kept
 CACHE_FORMAT = 2  # bump when what the calibrator records changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
 SHIPPED_RANGES = "assets/efficientnet_lite0_surrogate.int8-ranges.json"  # inside the akd package

@@ -128,6 +128,8 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
         # training flag (the map's standardisation has no running statistics): true, expected, not the user's
         warnings.simplefilter("ignore", torch.jit.TracerWarning)
         warnings.filterwarnings("ignore", message="ONNX export mode is set to TrainingMode.EVAL")
+        # a gradient's flipped kernels are reversed Slices, which onnxruntime and TensorRT fold when they load
+        warnings.filterwarnings("ignore", message="Constant folding - Only steps=1")
         torch.onnx.export(module, (sample,), buffer, input_names=[contract.INPUT],
                           output_names=list(contract.OUTPUTS),
                           dynamic_axes={name: batch_axis for name in (contract.INPUT, *contract.OUTPUTS)},
