@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from akd import contract
 from akd.contract import INPUT, to_input
 from akd.data.preprocessing import images_of
 from akd.data.sources import sampled
@@ -46,23 +47,45 @@ FLOAT_PREFIX, QUANTIZED_PREFIXES = "/surrogate/", ("/surrogate/student/", "/surr
 
 
 def float_nodes(fp32_path: str) -> list[str]:
-    """Names of the nodes ``quantize`` keeps in float (see FLOAT_PREFIX)."""
+    """Names of the nodes ``quantize`` keeps in float (see FLOAT_PREFIX). A graph whose map reads a gradient
+    (exported from an fx graph: its node names carry no module scope) keeps in float every node the logits do not
+    depend on - the same line drawn by data flow: the class choice, CAM, LayerCAM's backward pass and the map -
+    and the maxima that backward compares with their inputs.
+    And a weight read twice (the backward reads the classifier's transposed): onnxruntime quantizes an
+    initializer once, with its first reader's channel axis, so the later readers stay float."""
     import onnx
 
-    graph = onnx.load(fp32_path, load_external_data=False).graph
-    kept = [node.name for node in graph.node
-            if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
-    # a weight read twice (a LayerCAM graph's gradient reads the classifier's transposed, a strided convolution's
-    # through ConvTranspose): onnxruntime quantizes an initializer once, with the first reader's channel axis, so
-    # the later readers stay float
+    model = onnx.load(fp32_path, load_external_data=False)
+    graph = model.graph
+    config = json.loads({p.key: p.value for p in model.metadata_props}.get(contract.CONFIG_KEY, "{}"))
+    if config.get("layercam_weight"):
+        producers = {output: node for node in graph.node for output in node.output}
+        needed, pending = set(), [contract.LOGITS]
+        while pending:
+            node = producers.get(pending.pop())
+            if node is not None and node.name not in needed:
+                needed.add(node.name)
+                pending.extend(node.input)
+        # and a maximum the backward compares with its input (ties share the gradient), with the nodes reading it:
+        # a quantized copy of the maximum equals no input value, which left no tie and divided by zero
+        compared = {name for node in graph.node if node.op_type == "Equal" for name in node.input}
+        maxima = compared & {output for node in graph.node if node.op_type in ("ReduceMax", "MaxPool")
+                             for output in node.output}
+        kept = [node.name for node in graph.node
+                if node.name not in needed or maxima & (set(node.output) | set(node.input))]
+    else:
+        kept = [node.name for node in graph.node
+                if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
     weights, readers = {tensor.name for tensor in graph.initializer}, set()
     for node in graph.node:
         weight = node.input[1] if len(node.input) > 1 and node.input[1] in weights else None
         if weight is not None and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            if weight in readers:
+            if weight in readers and node.name not in kept:
                 kept.append(node.name)
             readers.add(weight)
     return kept
+
+
 CACHE_FORMAT = 2  # bump when what the calibrator records changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
 SHIPPED_RANGES = "assets/efficientnet_lite0_surrogate.int8-ranges.json"  # inside the akd package
