@@ -194,3 +194,41 @@ def test_layercam_graph_quantizes_to_int8(layercam_surrogate, photo_folder, tmp_
         outputs = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"]).run(
             None, {"images": np.random.default_rng(0).normal(size=(2, 3, 96, 96)).astype(np.float32)})
         assert outputs[0].shape == (2, 1, 96, 96) and np.isfinite(outputs[0]).all() and outputs[0].std() > 0
+
+
+@pytest.mark.parametrize("stage", ["explainer", "joint"])
+def test_training_stages_read_layercam_and_train_what_they_should(torchscript_target, stage):
+    """The explainer stage computes LayerCAM with the student frozen (its gradient only); the joint stage keeps
+    the forward's graph for the distillation loss after LayerCAM's own backward."""
+    from akd.data.preprocessing import Preprocessing
+    from akd.models.teachers import load_teacher
+    from akd.train.recipes import apply_overrides, load_recipe
+    from akd.train.step import DistillationStep, param_groups, set_trainable
+
+    from conftest import SIZE
+
+    torch.manual_seed(0)
+    teacher = load_teacher(str(torchscript_target), preprocessing=Preprocessing(input_size=SIZE))
+    recipe = apply_overrides(load_recipe("imagenet-lite0"), [])
+    assert recipe["layercam_weight"] == 0.5
+    surrogate = Surrogate({"student": "resnet18_cbam", "classes": list("abcd"), "explainer_width": 32,
+                           "explainer_cam": True, "cam_score": "log_probability", "layercam_weight": 0.5})
+    set_trainable(surrogate, stage, recipe)
+    step = DistillationStep(surrogate, teacher, recipe, stage)
+    loss, _ = step(torch.randn(4, 3, 128, 128), torch.full((4,), -1))
+    loss.backward()
+    params = [p for group in param_groups(surrogate, stage, recipe, False) for p in group["params"]]
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
+    assert surrogate.explainer.cam_gain.grad.abs() > 0
+    trained_student = surrogate.student.network.fc.weight.grad is not None
+    assert trained_student == (stage == "joint")
+
+
+def test_recipe_validates_layercam_weight():
+    from akd.train.recipes import apply_overrides, load_recipe
+    from akd.util import AkdError
+
+    with pytest.raises(AkdError, match="layercam_weight must be a number >= 0"):
+        apply_overrides(load_recipe("imagenet-lite0"), ["layercam_weight=-1"])
+    with pytest.raises(AkdError, match="needs explainer_cam"):
+        apply_overrides(load_recipe("paper-imagenet"), ["layercam_weight=0.5"])

@@ -64,7 +64,6 @@ class StudentOutput(NamedTuple):
     logits: torch.Tensor
     deltas: list[torch.Tensor]  # attentive differences at strides 8, 16, 32
     features: torch.Tensor  # the input of the global average pool
-    tap16: torch.Tensor | None = None  # the stride-16 tap's output, differentiable (``gradient_tap``)
 
 
 class Student(nn.Module):
@@ -85,17 +84,23 @@ class Student(nn.Module):
         if pool is not None:
             pool.register_forward_pre_hook(lambda _module, inputs: self._features.append(inputs[0]))
 
-    def forward(self, x: torch.Tensor, gradient_tap: bool = False) -> StudentOutput:
-        """``gradient_tap``: also return the stride-16 tap's output as a tensor the logits can be differentiated
-        by, even with frozen weights (then it is a leaf: a gradient stops there instead of running to the input)."""
-        self._features.clear()
+    def forward(self, x: torch.Tensor) -> StudentOutput:
+        return self._run(x, None)
+
+    def with_gradient_tap(self, x: torch.Tensor) -> tuple[StudentOutput, torch.Tensor]:
+        """The outputs and the stride-16 tap's output as a tensor the logits can be differentiated by, even with
+        frozen weights (then it is a leaf: a gradient stops there instead of running on to the input)."""
         tapped: list[torch.Tensor] = []
+        return self._run(x, tapped), tapped[0]
+
+    def _run(self, x: torch.Tensor, tapped: list[torch.Tensor] | None) -> StudentOutput:
+        self._features.clear()
 
         def keep(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
             tapped.append(output if output.requires_grad else output.detach().requires_grad_())
             return tapped[-1]
 
-        handle = self._taps[1].register_forward_hook(keep) if gradient_tap else None
+        handle = self._taps[1].register_forward_hook(keep) if tapped is not None else None
         try:
             logits = self.network(x)
         finally:
@@ -105,7 +110,7 @@ class Student(nn.Module):
         for tap in self._taps:
             tap.delta = None
         features = self._features.pop() if self._features else logits.new_zeros(len(logits), 0, 1, 1)
-        return StudentOutput(logits, deltas, features, tapped[0] if tapped else None)
+        return StudentOutput(logits, deltas, features)
 
     def fp32_through_first_tap(self) -> list:
         """Under autocast, run the network in fp32 up to and including its first (stride-8) tap; returns the hook

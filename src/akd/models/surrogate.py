@@ -34,7 +34,10 @@ class Surrogate(nn.Module):
         """Without grad mode (inference) the outputs carry no graph, even when the map differentiates inside."""
         keep_graph = torch.is_grad_enabled()
         with torch.enable_grad() if self.explainer.layercam_weight else contextlib.nullcontext():
-            logits, deltas, features, tap16 = self.student(images, gradient_tap=bool(self.explainer.layercam_weight))
+            if self.explainer.layercam_weight:
+                (logits, deltas, features), tap16 = self.student.with_gradient_tap(images)
+            else:
+                logits, deltas, features = self.student(images)
             # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
             classes = len(self.config["classes"])
             weights = (cam_class_weights(logits.reshape(-1, classes, 1, 1), self.config.get("cam_score", "logit"))

@@ -44,9 +44,11 @@ class DistillationStep(nn.Module):
             joint, layercam = self.stage == "joint", None
             # explainer stage: student frozen, no graph (but the one LayerCAM's gradient needs)
             with torch.set_grad_enabled(joint or bool(recipe["layercam_weight"])):
-                logits, deltas, features, tap16 = student(images, gradient_tap=bool(recipe["layercam_weight"]))
                 if recipe["layercam_weight"]:
+                    (logits, deltas, features), tap16 = student.with_gradient_tap(images)
                     layercam = layercam_map(logits, tap16, predicted_class(teacher_logits), keep_graph=joint)
+                else:
+                    logits, deltas, features = student(images)
             if not joint:
                 logits, features, deltas = logits.detach(), features.detach(), [d.detach() for d in deltas]
                 layercam = layercam.detach() if layercam is not None else None
