@@ -33,7 +33,7 @@ LIMITS: dict[str, list[tuple[str, str, float]]] = {
     "fp32-gradient": [("saliency_max_abs", "<=", 2e-2), ("saliency_pearson", ">=", 0.9999),
                       ("top20_iou", ">=", 0.99), ("class_agreement", ">=", 1.0)],
     # and fp16 rounding flips many more of those switches (the lite0 surrogate: 0.11 on one pixel, Pearson
-    # 0.99983, top-20% IoU 0.992 over 40 images)
+    # 0.99949, top-20% IoU 0.984 on the bundled photos)
     "fp16-gradient": [("saliency_pearson", ">=", 0.999), ("top20_iou", ">=", 0.97),
                       ("class_agreement_decided", ">=", 0.99), ("decided_share_real", ">=", 0.5)],
 }
