@@ -2,8 +2,8 @@
 ONNX graph. The ONNX exporters do not trace ``torch.autograd.grad``. ``make_fx`` does: it records the backward
 pass as ATen operations, and with eval batch norm folded to its affine form and the backward of the elementwise
 operations decomposed, one backward operation is left, ``convolution_backward``. Of it only the input gradient is
-used, which is itself a convolution: the weight transposed (1x1), the kernel flipped (depthwise at stride 1) or a
-transposed convolution (strided). What make_fx records has the example's batch size written into its shapes, so
+used, which is itself a convolution: at stride 1 with the kernel flipped (and transposed across channels), where
+the forward strides a transposed convolution. What make_fx records has the example's batch size in its shapes, so
 the module is traced at two batch sizes and every number that differs becomes a multiple of the input's batch."""
 
 from __future__ import annotations
