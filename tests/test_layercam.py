@@ -95,6 +95,17 @@ def layercam_surrogate() -> DeployableSurrogate:
     return DeployableSurrogate(surrogate).eval()
 
 
+def map_without_layercam(module: DeployableSurrogate, images: torch.Tensor) -> np.ndarray:
+    """The same surrogate's map with its LayerCAM weight set to 0 for one call."""
+    explainer = module.surrogate.explainer
+    weight, explainer.layercam_weight = explainer.layercam_weight, 0.0
+    try:
+        with torch.no_grad():
+            return module(images)[0].numpy()
+    finally:
+        explainer.layercam_weight = weight
+
+
 def test_layercam_graph_follows_the_batch_and_equals_torch(layercam_surrogate):
     """Exported through make_fx at batch 2, the ONNX graph runs batches 1 and 3 like the eager surrogate; and the
     map really reads LayerCAM (it differs from the same surrogate's map without it)."""
@@ -110,13 +121,7 @@ def test_layercam_graph_follows_the_batch_and_equals_torch(layercam_surrogate):
         np.testing.assert_allclose(got[0], expected[0], atol=1e-4)
         np.testing.assert_allclose(got[1], expected[1], rtol=1e-4, atol=1e-4)
         np.testing.assert_array_equal(got[2], expected[2])
-    surrogate = layercam_surrogate.surrogate
-    surrogate.explainer.layercam_weight = 0.0
-    try:
-        with torch.no_grad():
-            without = layercam_surrogate(images)[0].numpy()
-    finally:
-        surrogate.explainer.layercam_weight = 0.5
+    without = map_without_layercam(layercam_surrogate, images)
     assert np.abs(without - expected[0]).max() > 0.05
 
 
@@ -162,13 +167,7 @@ def test_no_layercam_export_is_forward_only_and_says_so(layercam_surrogate, tmp_
     metadata = {p.key: p.value for p in onnx.load(str(plain)).metadata_props}
     assert json.loads(metadata["akd_config"])["layercam_weight"] == 0.0
     images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
-    surrogate = layercam_surrogate.surrogate
-    surrogate.explainer.layercam_weight = 0.0
-    try:
-        with torch.no_grad():
-            expected = layercam_surrogate(images)[0].numpy()
-    finally:
-        surrogate.explainer.layercam_weight = 0.5
+    expected = map_without_layercam(layercam_surrogate, images)
     got = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
     np.testing.assert_allclose(got[0], expected, atol=1e-5)
 
