@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch import nn
 
-from akd.deploy.gradients import _decompositions, input_gradients_as_convolutions, without_autograd
+from akd.deploy.gradients import without_autograd
 from akd.deploy.graph import DeployableSurrogate, export_onnx
 from akd.models.explainer import Explainer
 from akd.models.surrogate import Surrogate, layercam_map
@@ -51,37 +51,67 @@ def test_fused_ranking_puts_layercams_peak_first_where_cam_is_flat():
         Explainer([8, 16, 32], layercam_weight=0.5)
 
 
-def test_input_gradients_written_as_convolutions_equal_autograd():
-    """Every convolution kind the rewrite handles (1x1, depthwise at stride 1, strided depthwise, strided full
-    with an odd input), through eval batch norm, on an input it was not traced on."""
-    from torch.fx.experimental.proxy_tensor import make_fx
+class SamePadding(nn.Module):
+    """timm's Conv2dSame: pad (more on the far side) and convolve without padding."""
 
-    torch.manual_seed(0)
-    head = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU6(),
-                         nn.Conv2d(16, 16, 5, padding=2, groups=16), nn.ReLU6(),
-                         nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16),
-                         nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.ReLU6())
-    classifier = nn.Linear(24, 5)
-    head[1].running_mean.uniform_(-1, 1)
-    head[1].running_var.uniform_(0.5, 2)
-    for module in (head, classifier):
-        module.eval().requires_grad_(False)
+    def __init__(self, conv: nn.Conv2d, pads: tuple[int, int, int, int]):
+        super().__init__()
+        self.conv, self.pads = conv, pads
 
-    def layercam(tapped):
+    def forward(self, x):
+        return self.conv(nn.functional.pad(x, self.pads))
+
+
+class LayerCamOfHead(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.head = nn.Sequential(nn.Conv2d(8, 16, 1), nn.BatchNorm2d(16), nn.ReLU6(inplace=True),
+                                  nn.Conv2d(16, 16, 5, padding=2, groups=16), nn.ReLU6(),
+                                  nn.Conv2d(16, 16, 3, stride=2, padding=1, groups=16),
+                                  SamePadding(nn.Conv2d(16, 16, 5, stride=2, groups=16), (1, 2, 1, 2)),
+                                  nn.Conv2d(16, 24, 3, stride=2, padding=1), nn.BatchNorm2d(24), nn.ReLU6())
+        self.classifier = nn.Linear(24, 5)
+        for norm in (self.head[1], self.head[8]):
+            norm.running_mean.uniform_(-1, 1)
+            norm.running_var.uniform_(0.5, 2)
+
+    def forward(self, tapped):
         with torch.enable_grad():
             tapped = tapped.detach().requires_grad_(True)
-            log_p = classifier(head(tapped).mean((2, 3))).log_softmax(1)
-            (grad,) = torch.autograd.grad(log_p.max(1).values.sum(), tapped)
+            log_p = self.classifier(self.head(tapped).mean((2, 3))).log_softmax(1)
+            chosen = torch.softmax(log_p.detach() * 100, dim=1)  # as the surrogate weights its predicted class
+            (grad,) = torch.autograd.grad((log_p * chosen).sum(), tapped)
         return (grad.clamp(min=0) * tapped).sum(1)
 
-    example = torch.randn(1, 8, 13, 13)
-    traced = make_fx(layercam, tracing_mode="real", decomposition_table=_decompositions())(example)
-    assert input_gradients_as_convolutions(traced, example) == 4
-    assert not any("backward" in str(node.target) for node in traced.graph.nodes)
-    other = torch.randn(1, 8, 13, 13)
-    expected = layercam(other).detach()
-    assert expected.abs().max() > 0
-    torch.testing.assert_close(traced(other), expected, rtol=1e-5, atol=1e-6)
+
+def test_input_gradients_written_as_convolutions_equal_autograd():
+    """Every convolution kind the rewrite handles (1x1, depthwise at stride 1, strided depthwise, strided with
+    lopsided "same" padding, strided full with an odd input), through eval batch norm, on inputs it was not traced
+    on and at other batch sizes. All are forward convolutions (no transposed one), no crop is left (folded into
+    the padding), batch norm's scale is in the kernels and the ReLU6 masks read ReLU6's output, not a saved copy
+    of its input (so onnxruntime can fuse each ReLU6 into its convolution)."""
+    from akd.deploy.gradients import _constant
+
+    torch.manual_seed(0)
+    module = LayerCamOfHead().eval().requires_grad_(False)
+    example = torch.randn(1, 8, 23, 23)
+    traced = without_autograd(module, example)
+    nodes = [node for node in traced.graph.nodes if node.op == "call_function"]
+    assert not any("backward" in str(node.target) for node in nodes)
+    convolutions = [node for node in nodes if node.target == torch.ops.aten.convolution.default]
+    assert len(convolutions) == 2 * 5 and not any(node.args[6] for node in convolutions)  # forward + gradients
+    assert all(min(node.args[1]) >= 0 for node in nodes if node.target == torch.ops.aten.constant_pad_nd.default)
+    masks = [node for node in nodes if node.target in (torch.ops.aten.gt.Scalar, torch.ops.aten.lt.Scalar)]
+    clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)  # ReLU6 and ReLU6(inplace=True)
+    assert len(masks) == 2 * 3 and all(node.args[0].target in clamps for node in masks)
+    scaled_inputs = [node for node in convolutions if node.args[0].target == torch.ops.aten.mul.Tensor
+                     and any(isinstance(arg, torch.fx.Node) and _constant(arg) for arg in node.args[0].args)]
+    assert all(str(node.args[0].args[1].target).startswith("_gradient_grid_") for node in scaled_inputs)
+    for batch in (1, 3):
+        other = torch.randn(batch, 8, 23, 23)
+        expected = module(other).detach()
+        assert expected.abs().max() > 0
+        torch.testing.assert_close(traced(other), expected, rtol=1e-5, atol=1e-6)
 
 
 @pytest.fixture(scope="module")
