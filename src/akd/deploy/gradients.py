@@ -2,11 +2,15 @@
 ONNX graph. The ONNX exporters do not trace ``torch.autograd.grad``. ``make_fx`` does: it records the backward
 pass as ATen operations, and with eval batch norm folded to its affine form and the backward of the elementwise
 operations decomposed, one backward operation is left, ``convolution_backward``. Of it only the input gradient is
-used, which is itself a convolution: at stride 1 with the kernel flipped (and transposed across channels), where
-the forward strides a transposed convolution. What make_fx records has the example's batch size in its shapes, so
-the module is traced at two batch sizes and every number that differs becomes a multiple of the input's batch."""
+used, which is itself a convolution: at stride 1 with the kernel flipped (and transposed across channels), after
+spreading a strided gradient out with zeros. What make_fx records has the example's batch size in its shapes, so
+the module is traced at two batch sizes and every number that differs becomes a multiple of the input's batch.
+Written for onnxruntime's CPU kernels (measured, docs/BENCHMARKS.md): 0/1 masks multiplied, not Where; ReLU6's
+masks read its output, so the ReLU6 stays fused into its convolution; batch norm's scale inside the kernels."""
 
 from __future__ import annotations
+
+import operator
 
 import torch
 from torch import fx
@@ -150,7 +154,9 @@ def input_gradients_as_convolutions(module: fx.GraphModule, example: torch.Tenso
         users = {user.args[1]: user for user in node.users}
         if set(users) - {0} and any(users[i].users for i in set(users) - {0}):
             raise AkdError("a weight or bias gradient is used: only input gradients can be exported")
-        crop = _only_crop(users.get(0))
+        if 0 not in users:
+            continue  # nothing read: dead code, removed below
+        crop = _only_crop(users[0])
         sizes = list(zip(input_meta.shape[2:], output_meta.shape[2:], stride, padding, weight_shape[2:], strict=True))
         before = [k - 1 - p - start for (_, _, _, p, k), start in zip(sizes, crop[2::-2], strict=True)]
         after = [n - s * o + p - end for (n, o, s, p, _), end in zip(sizes, crop[3::-2], strict=True)]
@@ -187,9 +193,9 @@ def input_gradients_as_convolutions(module: fx.GraphModule, example: torch.Tenso
     return len(found)
 
 
-def _only_crop(gradient: fx.Node | None) -> list[int]:
+def _only_crop(gradient: fx.Node) -> list[int]:
     """The (negated) pads, last axis first, of the crop that is the only reader of ``gradient``; zeros if none."""
-    readers = list(gradient.users) if gradient is not None else []
+    readers = list(gradient.users)
     if len(readers) == 1 and readers[0].target == aten.constant_pad_nd.default and len(readers[0].args[1]) == 4:
         pads = readers[0].args[1]
         if max(pads) <= 0:
@@ -230,7 +236,7 @@ def without_autograd(module: torch.nn.Module, example: torch.Tensor) -> fx.Graph
                                f"{three} at 3)")
             scale = three - two
             with graph.inserting_after(batch):
-                return batch if scale == 1 else graph.call_function(_multiply, (batch, scale))
+                return batch if scale == 1 else graph.call_function(operator.mul, (batch, scale))
         return three
 
     for two, three in zip(*nodes, strict=True):
@@ -250,6 +256,3 @@ def without_autograd(module: torch.nn.Module, example: torch.Tensor) -> fx.Graph
 _SHAPED = {aten.view.default: torch.Tensor.reshape, aten._unsafe_view.default: torch.Tensor.reshape,
            aten.reshape.default: torch.Tensor.reshape, aten.expand.default: torch.Tensor.expand}
 
-
-def _multiply(size, factor: int):
-    return size * factor
