@@ -63,7 +63,7 @@ def check_goals(path: Path) -> int:
     report = json.loads(path.read_text())
     results, paired = report["results"], report["paired"]
     means = {name: {k: v["mean"] for k, v in result["all"].items()} for name, result in results.items()}
-    fps = {name: 1 / result["seconds"]["mean"] for name, result in results.items()}
+    fps = {name: 1 / result["seconds"]["median"] for name, result in results.items()}
     cams = [name for name in results if name.startswith("gradcam")]
     cam = max(cams, key=lambda name: means[name]["insertion"])
     print(f"\ngoals ({report['machine']['threads']} threads, {report['machine']['cpu_count']} CPUs); the stronger "

@@ -253,6 +253,7 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
     assert set(report["results"]) == {"akd", "gradcam", "rise", "lime"}
     assert report["results"]["akd"]["all"]["insertion"]["count"] == 3
     assert report["results"]["rise"]["all"]["insertion"]["count"] == 2
+    assert {result["timed_in"] for result in report["results"].values()} == {"blocks of its own (3 rounds)"}
     for result in report["results"].values():
         assert len(result["curves"]["insertion"]) == 9
         assert result["common"]["deletion"]["count"] == 2
@@ -270,6 +271,38 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
     for figure in ("curves.png", "overlays.png"):
         assert (folder / figure).read_bytes()[:4] == b"\x89PNG"
     assert not list(folder.glob(".*tmp"))
+
+
+def test_speed_is_timed_in_blocks_apart_from_the_scoring(monkeypatch):
+    """A method that runs slowly right after another one (as onnxruntime after PyTorch's spinning threads) is timed
+    at its own pace; a method slower than a block keeps its scoring-loop times and is not run again."""
+    import time
+
+    from akd.evaluation import report as report_module
+
+    monkeypatch.setattr(report_module, "TIMING_BLOCK_SECONDS", 0.2)
+    last = {"caller": None}
+
+    class Method:
+        def __init__(self, name):
+            self.name, self.calls = name, 0
+
+        def explain(self, image):
+            self.calls += 1
+            time.sleep(0.03 if last["caller"] not in (None, self.name) else 0.003)
+            last["caller"] = self.name
+
+    methods = [Method("akd"), Method("gradcam"), Method("rise")]
+    images = list(range(10))
+    per_image = {"akd": [{"seconds": 0.03}] * 10, "gradcam": [{"seconds": 0.03}] * 10,
+                 "rise": [{"seconds": 1.0}] * 2}
+    speed = report_module._time_methods(methods, images, per_image, {"gradcam": 4})
+    assert speed["rise"] == {"seconds": report_module._summary([1.0, 1.0]), "timed_in": "the scoring loop"}
+    assert methods[2].calls == 0
+    for method, count in ((methods[0], 10), (methods[1], 4)):
+        assert method.calls == count * report_module.TIMING_ROUNDS  # every image of its subset, in each round
+        assert speed[method.name]["seconds"]["median"] < 0.015  # each call after the other method's took 0.03
+        assert speed[method.name]["timed_in"].startswith("blocks of its own")
 
 
 def test_paired_difference_interval_is_about_the_per_image_differences():
