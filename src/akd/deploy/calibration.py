@@ -76,6 +76,7 @@ def float_nodes(fp32_path: str) -> list[str]:
     else:
         kept = [node.name for node in graph.node
                 if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
+    kept += [name for name in _early_stage_nodes(model) if name not in kept]
     weights, readers = {tensor.name for tensor in graph.initializer}, set()
     for node in graph.node:
         weight = node.input[1] if len(node.input) > 1 and node.input[1] in weights else None
@@ -84,6 +85,24 @@ def float_nodes(fp32_path: str) -> list[str]:
                 kept.append(node.name)
             readers.add(weight)
     return kept
+
+
+def _early_stage_nodes(model) -> list[str]:
+    """The nodes computing at a finer grid than the student's stride-8 stage (its stem and the stride-2 and
+    stride-4 stages), which stay float: their int8 rounding reaches every later feature, and the map amplifies
+    it. On the shipped LayerCAM graph (128 held-out ImageNet images) drift 0.039 -> 0.013 (tensorrt flavour) and
+    0.092 -> 0.034 (cpu); any single stage kept float instead gave 0.029-0.039 (docs/BENCHMARKS.md, ninth session)."""
+    from onnx import shape_inference
+
+    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    dims = [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim]
+    size = min(dims[1:3] if metadata.get(contract.INPUT_FORMAT_KEY) == "uint8-nhwc" else dims[2:])
+    if not size:  # a graph without a fixed resolution: no grid to compare with
+        return []
+    shapes = {info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
+              for info in shape_inference.infer_shapes(model).graph.value_info}
+    fine = {name for name, dims in shapes.items() if len(dims) == 4 and min(dims[2:]) * 8 > size}
+    return [node.name for node in model.graph.node if fine & set(node.output)]
 
 
 CACHE_FORMAT = 2  # bump when what the calibrator records changes
