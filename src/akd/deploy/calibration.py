@@ -36,13 +36,11 @@ log = logging.getLogger(__name__)
 FLAVOURS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_MAX_DRIFT = 0.03  # the int8 parity limits: Pearson >= 0.98, class agreement >= 0.97
-# onnxruntime's default op set (None): quantizing only Conv/Gemm/MatMul left float islands around every attention
-# module and measured far worse on the EfficientNet-Lite0 surrogate (saliency Pearson 0.91, class agreement 0.84
-# vs 0.997 and 0.98 with the default set, which is also faster).
+# onnxruntime's default op set (None): only Conv/Gemm/MatMul left float islands around every attention module and
+# measured far worse on the Lite0 surrogate (Pearson 0.91, classes 0.84 vs 0.997, 0.98; also slower).
 QUANTIZED_OPS = None
 # Nodes left in float: the surrogate's own nodes outside the student network and the explainer's decoder blocks -
-# the class choice (a softmax of 100 x the logits: an int8 step there is a wrong class) and the class activation
-# map with the explainer's head. The student, including the features CAM reads, is quantized as before.
+# the class choice (a softmax of 100 x the logits: an int8 step there is a wrong class), CAM and the head.
 FLOAT_PREFIX, QUANTIZED_PREFIXES = "/surrogate/", ("/surrogate/student/", "/surrogate/explainer/block")
 
 
@@ -88,20 +86,17 @@ def float_nodes(fp32_path: str) -> list[str]:
 
 
 def _early_stage_nodes(model) -> list[str]:
-    """The nodes computing at a finer grid than the student's stride-8 stage (its stem and the stride-2 and
-    stride-4 stages), which stay float: their int8 rounding reaches every later feature, and the map amplifies
-    it. On the shipped LayerCAM graph (128 held-out ImageNet images) drift 0.039 -> 0.013 (tensorrt flavour) and
-    0.092 -> 0.034 (cpu); any single stage kept float instead gave 0.029-0.039 (docs/BENCHMARKS.md, ninth session)."""
+    """Nodes computing on a finer grid than the student's stride-8 stage (stem, stride-2 and -4 stages) stay float:
+    their int8 rounding reaches every later feature and the map amplifies it (shipped LayerCAM graph, 128 held-out
+    images: drift 0.039 -> 0.013 tensorrt, 0.092 -> 0.034 cpu; any single stage float instead 0.029-0.039)."""
     from onnx import shape_inference
 
-    metadata = {prop.key: prop.value for prop in model.metadata_props}
+    nhwc = {prop.key: prop.value for prop in model.metadata_props}.get(contract.INPUT_FORMAT_KEY) == "uint8-nhwc"
     dims = [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim]
-    size = min(dims[1:3] if metadata.get(contract.INPUT_FORMAT_KEY) == "uint8-nhwc" else dims[2:])
-    if not size:  # a graph without a fixed resolution: no grid to compare with
-        return []
+    size = min(dims[1:3] if nhwc else dims[2:])  # 0: no fixed resolution, no grid to compare with
     shapes = {info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
               for info in shape_inference.infer_shapes(model).graph.value_info}
-    fine = {name for name, dims in shapes.items() if len(dims) == 4 and min(dims[2:]) * 8 > size}
+    fine = {name for name, dims in shapes.items() if size and len(dims) == 4 and min(dims[2:]) * 8 > size}
     return [node.name for node in model.graph.node if fine & set(node.output)]
 
 
