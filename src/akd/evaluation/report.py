@@ -123,6 +123,11 @@ def _time_inference(teacher: Teacher, images: list[EvalImage]) -> list[float]:
 TIMING_ROUNDS, TIMING_BLOCK_SECONDS = 3, 5.0
 
 
+def subset_size(subsets: dict[str, int], method_name: str, default: int) -> int:
+    """How many of the first images a method runs on: ``--subset rise=N`` covers every ``rise:...`` variant."""
+    return subsets.get(method_name.split(":")[0], default)
+
+
 def _time_methods(methods: list[SaliencyMethod], images: list[EvalImage], per_image: dict[str, list[dict]],
                   subsets: dict[str, int]) -> dict[str, dict[str, Any]]:
     """Each method's seconds per image, timed apart from the scoring. Inside the scoring loop a method runs right
@@ -130,20 +135,16 @@ def _time_methods(methods: list[SaliencyMethod], images: list[EvalImage], per_im
     instead of 13.6 ms per image there, a PyTorch method nothing. So each method explains images in a block of its
     own, as a deployment runs one explainer frame after frame, blocks rotating between methods for a few rounds.
     A method slower than a block (RISE, LIME) keeps its scoring-loop times: milliseconds are noise there."""
-    speed: dict[str, dict[str, Any]] = {}
-    timed: dict[str, list[float]] = {}
-    for method in methods:
-        scored = [row["seconds"] for row in per_image[method.name]]
-        if np.median(scored) > TIMING_BLOCK_SECONDS:
-            speed[method.name] = {"seconds": _summary(scored), "timed_in": "the scoring loop"}
-        else:
-            timed[method.name] = []
-    fast = [method for method in methods if method.name in timed]
+    scored = {method.name: [row["seconds"] for row in per_image[method.name]] for method in methods}
+    fast = [method for method in methods if np.median(scored[method.name]) <= TIMING_BLOCK_SECONDS]
+    timed: dict[str, list[float]] = {method.name: [] for method in fast}
+    speed = {name: {"seconds": _summary(seconds), "timed_in": "the scoring loop"}
+             for name, seconds in scored.items() if name not in timed}
     for round_index in range(TIMING_ROUNDS):
         shift = round_index % max(1, len(fast))
         for method in fast[shift:] + fast[:shift]:
             block_started = time.perf_counter()
-            for image in images[:subsets.get(method.name.split(":")[0], len(images))]:
+            for image in images[:subset_size(subsets, method.name, len(images))]:
                 started = time.perf_counter()
                 method.explain(image)
                 timed[method.name].append(time.perf_counter() - started)
@@ -211,8 +212,7 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
         for index, image in enumerate(tqdm(images, desc="akd-evaluate", disable=not progress)):
             mask = load_mask(options.masks, image, teacher) if options.masks else None
             for method in methods:
-                limit = options.subsets.get(method.name.split(":")[0])
-                if limit is not None and index >= limit:
+                if index >= subset_size(options.subsets, method.name, len(images)):
                     continue
                 saliency, row, method_curves = _score(method, image, teacher, options, mask)
                 per_image[method.name].append(row)
