@@ -1,6 +1,6 @@
-"""LayerCAM in the surrogate's map (config ``layercam_weight``): the map reads the gradient of the predicted
-class's log-probability at the stride-16 tap, and ``akd.deploy.gradients`` writes that gradient as forward
-operations so the surrogate stays one ONNX graph, with a batch size that follows its input."""
+"""LayerCAM in the surrogate's map (config ``layercam_weight``, ``layercam8_weight``): the map reads the gradient
+of the predicted class's log-probability at the stride-16 (and stride-8) tap, and ``akd.deploy.gradients`` writes
+that gradient as forward operations so the surrogate stays one ONNX graph, with a batch size that follows its input."""
 
 from __future__ import annotations
 
@@ -13,42 +13,100 @@ from torch import nn
 from akd.deploy.gradients import without_autograd
 from akd.deploy.graph import DeployableSurrogate, export_onnx
 from akd.models.explainer import Explainer
-from akd.models.surrogate import Surrogate, layercam_map
+from akd.models.surrogate import Surrogate, cam_class_weights, layercam_maps
 
 from conftest import tiny_surrogate_config
 
 
 def test_layercam_map_is_the_positive_gradient_weighting_of_the_activations():
     """logits = W mean(A): d log p_c / dA_k(x) = (W_ck - sum_j p_j W_jk) / hw at every position x, so the map is
-    relu(sum_k relu(that) A_k(x)) - computed here by hand."""
+    relu(sum_k relu(that / (1 - p_c)) A_k(x)) with the contrastive class weights - computed here by hand in float64,
+    also for an image so confident that 1 - p_c is 0 in float32 (through log_softmax the W_c term vanished)."""
     torch.manual_seed(0)
     tap = torch.randn(2, 6, 3, 4).requires_grad_()
     weight = torch.randn(5, 6)
-    logits = tap.mean((2, 3)) @ weight.t()
-    chosen = torch.nn.functional.one_hot(torch.tensor([1, 3]), 5).float()
-    got = layercam_map(logits, tap, chosen)
-    p = logits.softmax(1).detach()
-    grad = (weight[None] - (p @ weight)[:, None]).gather(1, torch.tensor([[1], [3]])[..., None].expand(2, 1, 6))
-    expected = ((grad[:, 0, :, None, None] / 12).clamp(min=0) * tap.detach()).sum(1, keepdim=True).clamp(min=0)
-    torch.testing.assert_close(got, expected)
-    assert expected.amax() > 0 and (expected == 0).any()  # both relus active somewhere
+    for scale in (1.0, 400.0):  # 400: the top logit wins by hundreds, p_c == 1.0 in float32
+        logits = tap.mean((2, 3)) @ (scale * weight).t()
+        got, = layercam_maps(logits, [tap], cam_class_weights(logits, "log_probability"))
+        z = logits.detach().double()
+        chosen = z.argmax(1)
+        others = z.scatter(1, chosen[:, None], float("-inf")).softmax(1)  # p_j / (1 - p_c), j != c
+        grad = scale * (weight.double()[chosen] - others @ weight.double()) / 12
+        expected = (grad[:, :, None, None].clamp(min=0) * tap.detach().double()).sum(1, keepdim=True).clamp(min=0)
+        torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-5)
+        assert expected.amax() > 0 and (expected == 0).any()  # both relus active somewhere
+    assert float(logits.softmax(1).amax()) == 1.0
+
+
+def test_one_backward_pass_gives_layercam_at_both_taps():
+    """tap16 = 2 x avgpool2(tap8), logits = W mean(tap16) = 2 W mean(tap8): for the class-c logit the gradient at
+    tap8 is 2 W_c / (h8 w8) everywhere - computed by hand - and at tap16 it is the one-tap answer."""
+    torch.manual_seed(0)
+    tap8 = torch.randn(2, 6, 4, 6).requires_grad_()
+    tap16 = 2 * torch.nn.functional.avg_pool2d(tap8, 2)
+    weight = torch.randn(5, 6)
+    logits = tap16.mean((2, 3)) @ weight.t()
+    chosen = torch.nn.functional.one_hot(torch.tensor([4, 0]), 5).float()
+    at8, at16 = layercam_maps(logits, [tap8, tap16], chosen)
+    grad = 2 * weight[[4, 0]] / 24
+    expected8 = (grad[:, :, None, None].clamp(min=0) * tap8.detach()).sum(1, keepdim=True).clamp(min=0)
+    torch.testing.assert_close(at8, expected8)
+    torch.testing.assert_close(at16, layercam_maps(tap16.mean((2, 3)) @ weight.t(), [tap16], chosen)[0])
+    assert at8.shape == (2, 1, 4, 6) and at16.shape == (2, 1, 2, 3) and expected8.amax() > 0
+
+
+def test_student_taps_for_both_strides_are_one_graph_with_frozen_weights():
+    """The stride-8 tap becomes a leaf (the gradient stops there), the stride-16 tap lies on its graph: its
+    LayerCAM equals the one the stride-16 tap alone gives."""
+    torch.manual_seed(0)
+    student = Surrogate(tiny_surrogate_config()).eval().student.requires_grad_(False)
+    images = torch.randn(2, 3, 64, 64)
+    with torch.enable_grad():
+        both, (tap8, tap16) = student.with_gradient_taps(images, [0, 1])
+        alone, (only16,) = student.with_gradient_taps(images, [1])
+        assert tap8.is_leaf and tap8.requires_grad and not tap16.is_leaf and only16.is_leaf
+        assert (tap8.shape[-1], tap16.shape[-1]) == (8, 4)
+        chosen = torch.softmax(both.logits.detach() * 100, dim=1)
+        maps = layercam_maps(both.logits, [tap8, tap16], chosen)
+        torch.testing.assert_close(maps[1], layercam_maps(alone.logits, [only16], chosen)[0])
+    assert maps[0].amax() > 0 and maps[1].amax() > 0
 
 
 def test_fused_ranking_puts_layercams_peak_first_where_cam_is_flat():
-    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weight=0.5)
+    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weights=(0.0, 0.5))
     explainer.drop_dead_decoder()
     deltas = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4), torch.zeros(1, 32, 2, 2)]
     cam = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])  # brightest at the bottom right
     layercam = torch.zeros(1, 1, 4, 4)
     layercam[0, 0, 2, 2] = 5.0  # the top-left pixel of CAM's bright quadrant
-    saliency = explainer(deltas, (32, 32), cam, layercam)[0, 0]
+    saliency = explainer(deltas, (32, 32), cam, [layercam])[0, 0]
     peak = divmod(int(saliency.argmax()), 32)
     assert 16 <= peak[0] < 24 and 16 <= peak[1] < 24, peak
     plain = Explainer([8, 16, 32], width=16, cam=True)
     plain.drop_dead_decoder()
     assert divmod(int(plain(deltas, (32, 32), cam)[0, 0].argmax()), 32) >= (24, 24)  # CAM alone: the corner
     with pytest.raises(ValueError, match="needs cam"):
-        Explainer([8, 16, 32], layercam_weight=0.5)
+        Explainer([8, 16, 32], layercam_weights=(0.0, 0.5))
+
+
+def test_fused_ranking_with_the_stride_8_map_picks_its_peak_inside_the_coarser_ones():
+    """CAM says the bottom-right quadrant, stride-16 LayerCAM its top-left cell, stride-8 LayerCAM one pixel in
+    that cell: the map peaks at that pixel; without the stride-8 weight, anywhere in the stride-16 cell."""
+    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weights=(0.5, 0.5))
+    explainer.drop_dead_decoder()
+    deltas = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4), torch.zeros(1, 32, 2, 2)]
+    cam = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])
+    layercam16 = torch.zeros(1, 1, 4, 4)
+    layercam16[0, 0, 2, 2] = 5.0  # rows/columns 16-23 of 32
+    layercam8 = torch.zeros(1, 1, 8, 8)
+    layercam8[0, 0, 5, 5] = 5.0  # rows/columns 20-23 of 32
+    peak = divmod(int(explainer(deltas, (32, 32), cam, [layercam8, layercam16])[0, 0].argmax()), 32)
+    assert 20 <= peak[0] < 24 and 20 <= peak[1] < 24, peak
+    layercam8[0, 0, 5, 5], layercam8[0, 0, 4, 4] = 0.0, 5.0  # rows/columns 16-19
+    peak = divmod(int(explainer(deltas, (32, 32), cam, [layercam8, layercam16])[0, 0].argmax()), 32)
+    assert 16 <= peak[0] < 20 and 16 <= peak[1] < 20, peak
+    with pytest.raises(ValueError, match="pass them"):
+        explainer(deltas, (32, 32), cam, [layercam16])
 
 
 class SamePadding(nn.Module):
@@ -114,11 +172,11 @@ def test_input_gradients_written_as_convolutions_equal_autograd():
         torch.testing.assert_close(traced(other), expected, rtol=1e-5, atol=1e-6)
 
 
-@pytest.fixture(scope="module")
-def layercam_surrogate() -> DeployableSurrogate:
+@pytest.fixture(scope="module", params=[0.0, 0.5], ids=["stride16", "stride8and16"])
+def layercam_surrogate(request) -> DeployableSurrogate:
     torch.manual_seed(0)
     config = {**tiny_surrogate_config(), "explainer_cam": True, "cam_score": "log_probability",
-              "layercam_weight": 0.5, "input_size": [96, 96]}
+              "layercam_weight": 0.5, "layercam8_weight": request.param, "input_size": [96, 96]}
     surrogate = Surrogate(config).eval()
     with torch.no_grad():
         surrogate.student.network.fc.weight.mul_(50.0)  # classes stand clear of float rounding
@@ -126,14 +184,14 @@ def layercam_surrogate() -> DeployableSurrogate:
 
 
 def map_without_layercam(module: DeployableSurrogate, images: torch.Tensor) -> np.ndarray:
-    """The same surrogate's map with its LayerCAM weight set to 0 for one call."""
+    """The same surrogate's map with its LayerCAM weights set to 0 for one call."""
     explainer = module.surrogate.explainer
-    weight, explainer.layercam_weight = explainer.layercam_weight, 0.0
+    weights, explainer.layercam_weights = explainer.layercam_weights, (0.0, 0.0)
     try:
         with torch.no_grad():
             return module(images)[0].numpy()
     finally:
-        explainer.layercam_weight = weight
+        explainer.layercam_weights = weights
 
 
 def test_layercam_graph_follows_the_batch_and_equals_torch(layercam_surrogate):
@@ -195,7 +253,8 @@ def test_no_layercam_export_is_forward_only_and_says_so(layercam_surrogate, tmp_
                     for name, path in (("full", full), ("plain", plain))}
     assert convolutions["full"] > convolutions["plain"] + 10  # the gradients through layer3's blocks and layer4
     metadata = {p.key: p.value for p in onnx.load(str(plain)).metadata_props}
-    assert json.loads(metadata["akd_config"])["layercam_weight"] == 0.0
+    config = json.loads(metadata["akd_config"])
+    assert config["layercam_weight"] == config["layercam8_weight"] == 0.0
     images = torch.randn(2, 3, 96, 96, generator=torch.Generator().manual_seed(2))
     expected = map_without_layercam(layercam_surrogate, images)
     got = ort.InferenceSession(str(plain), providers=["CPUExecutionProvider"]).run(None, {"images": images.numpy()})
@@ -250,9 +309,10 @@ def test_training_stages_read_layercam_and_train_what_they_should(torchscript_ta
     torch.manual_seed(0)
     teacher = load_teacher(str(torchscript_target), preprocessing=Preprocessing(input_size=SIZE))
     recipe = apply_overrides(load_recipe("imagenet-lite0"), [])
-    assert recipe["layercam_weight"] == 0.5
+    assert recipe["layercam_weight"] == recipe["layercam8_weight"] == 0.5
     surrogate = Surrogate({"student": "resnet18_cbam", "classes": list("abcd"), "explainer_width": 32,
-                           "explainer_cam": True, "cam_score": "log_probability", "layercam_weight": 0.5})
+                           "explainer_cam": True, "cam_score": "log_probability", "layercam_weight": 0.5,
+                           "layercam8_weight": 0.5})
     set_trainable(surrogate, stage, recipe)
     step = DistillationStep(surrogate, teacher, recipe, stage)
     loss, _ = step(torch.randn(4, 3, 128, 128), torch.full((4,), -1))
@@ -264,11 +324,14 @@ def test_training_stages_read_layercam_and_train_what_they_should(torchscript_ta
     assert trained_student == (stage == "joint")
 
 
-def test_recipe_validates_layercam_weight():
+@pytest.mark.parametrize("key", ["layercam_weight", "layercam8_weight"])
+def test_recipe_validates_layercam_weights(key):
     from akd.train.recipes import apply_overrides, load_recipe
     from akd.util import AkdError
 
-    with pytest.raises(AkdError, match="layercam_weight must be a number >= 0"):
-        apply_overrides(load_recipe("imagenet-lite0"), ["layercam_weight=-1"])
-    with pytest.raises(AkdError, match="needs explainer_cam"):
-        apply_overrides(load_recipe("paper-imagenet"), ["layercam_weight=0.5"])
+    for bad in ("-1", "true", "'0.5'"):
+        with pytest.raises(AkdError, match=f"{key} must be a number >= 0"):
+            apply_overrides(load_recipe("imagenet-lite0"), [f"{key}={bad}"])
+    with pytest.raises(AkdError, match=f"{key} adds LayerCAM .* needs explainer_cam"):
+        apply_overrides(load_recipe("paper-imagenet"), [f"{key}=0.5"])
+    assert apply_overrides(load_recipe("imagenet-lite0"), [f"{key}=0"])[key] == 0

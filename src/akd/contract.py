@@ -33,6 +33,12 @@ DRIFT_KEY = "akd_drift"  # JSON: the INT8 drift report
 FP32_SHA256_KEY = "akd_fp32_sha256"  # the fp32 graph akd-calibrate quantized
 
 
+def layercam_weights(config: dict[str, Any]) -> tuple[float, float]:
+    """The weights of LayerCAM at the stride-8 and stride-16 taps in the map (config ``layercam8_weight`` and
+    ``layercam_weight``): a graph with any computes a gradient inside."""
+    return float(config.get("layercam8_weight", 0.0)), float(config.get("layercam_weight", 0.0))
+
+
 def output_specs(config: dict[str, Any]) -> dict[str, tuple[type, tuple[int, ...]]]:
     """Output name -> (numpy dtype, per-sample shape)."""
     height, width = (int(v) for v in config["input_size"])

@@ -56,7 +56,7 @@ def float_nodes(fp32_path: str) -> list[str]:
     model = onnx.load(fp32_path, load_external_data=False)
     graph = model.graph
     config = json.loads({p.key: p.value for p in model.metadata_props}.get(contract.CONFIG_KEY, "{}"))
-    if config.get("layercam_weight"):
+    if any(contract.layercam_weights(config)):
         producers = {output: node for node in graph.node for output in node.output}
         needed, pending = set(), [contract.LOGITS]
         while pending:

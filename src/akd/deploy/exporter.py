@@ -68,7 +68,7 @@ class ExportOptions:
     format: str = "onnx"
     input_format: str = "float-nchw"
     include_target: bool = False
-    layercam: bool = True  # False: drop a LayerCAM term from the map (config layercam_weight), forward-only graph
+    layercam: bool = True  # False: drop the LayerCAM terms from the map (config layercam*_weight), forward-only graph
     verify: bool = True
     parity_data: str | None = None
     calib_data: str | None = None
@@ -139,7 +139,8 @@ def export(options: ExportOptions, on_report: Callable[[dict[str, Any]], None] |
     surrogate = load_surrogate(options.checkpoint)
     config = surrogate.config
     if not options.layercam:  # the graph's metadata then says what it computes
-        config["layercam_weight"] = surrogate.explainer.layercam_weight = 0.0
+        config["layercam_weight"] = config["layercam8_weight"] = 0.0
+        surrogate.explainer.layercam_weights = (0.0, 0.0)
     triton_text = None
     if options.format == "triton":  # validated before any work, so a bad config never costs an export
         triton_text = triton_config(config, options.input_format, options.triton.platform, options.triton,

@@ -117,7 +117,7 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
     precision = torch.autocast("cpu", dtype=torch.float16) if fp16 else contextlib.nullcontext()
     fp32_prefix = module.surrogate.student.fp32_through_first_tap() if fp16 else []
     module = module.eval()
-    if module.surrogate.explainer.layercam_weight:  # the map differentiates: its gradient as forward ops, casts
+    if module.surrogate.explainer.layercam_taps:  # the map differentiates: its gradient as forward ops, casts
         from akd.deploy.gradients import without_autograd  # included (traced under autocast, exported without)
 
         with precision:

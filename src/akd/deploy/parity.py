@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from akd.contract import CLASS_ID, INPUT, LOGITS, OUTPUTS, SALIENCY
+from akd.contract import CLASS_ID, INPUT, LOGITS, OUTPUTS, SALIENCY, layercam_weights
 from akd.util import AkdError
 
 # precision -> (metric, comparison, limit); the issue's acceptance limits.
@@ -41,7 +41,7 @@ LIMITS: dict[str, list[tuple[str, str, float]]] = {
 
 def limits_for(precision: str, config: dict) -> str:
     """The LIMITS entry that judges a graph of this precision and surrogate config."""
-    gradient = config.get("layercam_weight") and f"{precision}-gradient" in LIMITS
+    gradient = any(layercam_weights(config)) and f"{precision}-gradient" in LIMITS
     return f"{precision}-gradient" if gradient else precision
 
 

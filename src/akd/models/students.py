@@ -85,27 +85,28 @@ class Student(nn.Module):
             pool.register_forward_pre_hook(lambda _module, inputs: self._features.append(inputs[0]))
 
     def forward(self, x: torch.Tensor) -> StudentOutput:
-        return self._run(x, None)
+        return self._run(x)
 
-    def with_gradient_tap(self, x: torch.Tensor) -> tuple[StudentOutput, torch.Tensor]:
-        """The outputs and the stride-16 tap's output as a tensor the logits can be differentiated by, even with
-        frozen weights (then it is a leaf: a gradient stops there instead of running on to the input)."""
+    def with_gradient_taps(self, x: torch.Tensor, indices: list[int]) -> tuple[StudentOutput, list[torch.Tensor]]:
+        """The outputs and the outputs of the taps ``indices`` (ascending; 0 is stride 8) as tensors the logits can
+        be differentiated by, even with frozen weights: then the first is a leaf (a gradient stops there instead
+        of running on to the input) and the later ones lie on its graph, so one backward pass reaches them all."""
         tapped: list[torch.Tensor] = []
-        return self._run(x, tapped), tapped[0]
-
-    def _run(self, x: torch.Tensor, tapped: list[torch.Tensor] | None) -> StudentOutput:
-        self._features.clear()
 
         def keep(_module, _inputs, output: torch.Tensor) -> torch.Tensor:
             tapped.append(output if output.requires_grad else output.detach().requires_grad_())
             return tapped[-1]
 
-        handle = self._taps[1].register_forward_hook(keep) if tapped is not None else None
+        handles = [self._taps[index].register_forward_hook(keep) for index in indices]
         try:
-            logits = self.network(x)
+            return self._run(x), tapped
         finally:
-            if handle is not None:
+            for handle in handles:
                 handle.remove()
+
+    def _run(self, x: torch.Tensor) -> StudentOutput:
+        self._features.clear()
+        logits = self.network(x)
         deltas = [tap.delta for tap in self._taps]
         for tap in self._taps:
             tap.delta = None

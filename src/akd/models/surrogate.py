@@ -11,6 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from akd.contract import layercam_weights
 from akd.models.explainer import Explainer
 from akd.models.students import Student, build_student
 from akd.util import AkdError, atomic_path
@@ -28,45 +29,47 @@ class Surrogate(nn.Module):
         self.config = config
         self.student: Student = build_student(config["student"], len(config["classes"]), init_state)
         self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128),
-                                   config.get("explainer_cam", False), config.get("layercam_weight", 0.0))
+                                   config.get("explainer_cam", False), layercam_weights(config))
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Without grad mode (inference) the outputs carry no graph, even when the map differentiates inside."""
         keep_graph = torch.is_grad_enabled()
-        with torch.enable_grad() if self.explainer.layercam_weight else contextlib.nullcontext():
-            if self.explainer.layercam_weight:
-                (logits, deltas, features), tap16 = self.student.with_gradient_tap(images)
-            else:
-                logits, deltas, features = self.student(images)
+        taps = self.explainer.layercam_taps
+        with torch.enable_grad() if taps else contextlib.nullcontext():
+            (logits, deltas, features), tapped = self.student.with_gradient_taps(images, taps)
             # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
             classes = len(self.config["classes"])
             weights = (cam_class_weights(logits.reshape(-1, classes, 1, 1), self.config.get("cam_score", "logit"))
                        if self.explainer.cam else None)
-            layercam = (layercam_map(logits, tap16, predicted_class(logits), keep_graph)
-                        if self.explainer.layercam_weight else None)
-            saliency = self.explain(deltas, features, weights, images.shape[-2:], layercam)
+            contrast = cam_class_weights(logits, "log_probability") if taps else None
+            layercams = layercam_maps(logits, tapped, contrast, keep_graph) if taps else None
+            saliency = self.explain(deltas, features, weights, images.shape[-2:], layercams)
         if not keep_graph:
             saliency, logits = saliency.detach(), logits.detach()
         return saliency, logits
 
     def explain(self, deltas: list[torch.Tensor], features: torch.Tensor, class_weights: torch.Tensor | None,
-                size: tuple[int, int], layercam: torch.Tensor | None = None) -> torch.Tensor:
+                size: tuple[int, int], layercams: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The saliency map of the class(es) weighted by ``class_weights`` (N, classes, 1, 1) from the student's
-        outputs (CAM only when the explainer reads it; ``layercam`` when its config weights it)."""
+        outputs (CAM only when the explainer reads it; ``layercams`` when its config weights them)."""
         cam = self.student.class_activation_map(features, class_weights) if self.explainer.cam else None
-        return self.explainer(deltas, size, cam, layercam)
+        return self.explainer(deltas, size, cam, layercams)
 
 
-def layercam_map(logits: torch.Tensor, tap: torch.Tensor, class_weights: torch.Tensor,
-                 keep_graph: bool = False) -> torch.Tensor:
-    """(N,1,h,w) LayerCAM (Jiang et al. 2021) at ``tap`` of the log-probability of the classes weighted by
-    ``class_weights`` (N, classes): relu(sum_k relu(d log p / d A_k) A_k). Log-probability, not the logit, for
-    the reason CAM uses it (``cam_class_weights``). One backward pass from the logits to the tap; the gradient
-    is a constant of the map (no second-order graph). ``keep_graph``: the caller still backpropagates through
-    the forward (training)."""
-    score = (class_weights.detach() * torch.log_softmax(logits.float(), dim=1)).sum()
-    (gradient,) = torch.autograd.grad(score, tap, retain_graph=keep_graph)
-    return (gradient.clamp(min=0) * tap).sum(dim=1, keepdim=True).clamp(min=0)
+def layercam_maps(logits: torch.Tensor, taps: list[torch.Tensor], class_weights: torch.Tensor,
+                  keep_graph: bool = False) -> list[torch.Tensor]:
+    """(N,1,h,w) LayerCAM (Jiang et al. 2021) at each of ``taps``: relu(sum_k relu(d s / d A_k) A_k) for the score
+    s = sum_j class_weights_j z_j of the logits z. With ``cam_class_weights(logits, "log_probability")`` that
+    gradient is d log p_c / dA divided by 1 - p_c > 0: the same map, and no rounding - through log_softmax,
+    1 - p_c is 0 in float32 for a confident prediction, and the gradient kept only the other classes' term
+    (float32 rounds 1 - p_c to 0 once the other classes' probabilities sum below about 3e-8; none of the 96
+    validation images is that confident, a clear photo can be). One backward pass from the logits through every tap; the
+    gradient is a constant of the map (no second-order graph). ``keep_graph``: the caller still backpropagates
+    through the forward (training)."""
+    score = (class_weights.detach().reshape(logits.shape) * logits.float()).sum()
+    gradients = torch.autograd.grad(score, taps, retain_graph=keep_graph)
+    return [(gradient.clamp(min=0) * tap).sum(dim=1, keepdim=True).clamp(min=0)
+            for gradient, tap in zip(gradients, taps, strict=True)]
 
 
 def predicted_class(logits: torch.Tensor, sharpness: float = 100.0) -> torch.Tensor:

@@ -26,7 +26,8 @@ DEFAULT_RECIPE = "paper-imagenet"
 # optional keys: the paper's objective unless a recipe asks for more (see akd.train.losses)
 DEFAULTS: dict[str, Any] = {"explanation": 1.0, "insertion": 0.0, "deletion": 0.0, "topk_areas": [0.05, 0.1, 0.2, 0.4],
                             "topk_samples": 2, "topk_temperature": 0.05, "explainer_cam": False,
-                            "cam_score": "logit", "explainer_params": "all", "layercam_weight": 0.0}
+                            "cam_score": "logit", "explainer_params": "all", "layercam_weight": 0.0,
+                            "layercam8_weight": 0.0}
 
 
 def builtin_recipes() -> list[str]:
@@ -71,10 +72,11 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
         raise AkdError(f"{source}: explainer_params must be 'all' or 'calibration', not '{recipe['explainer_params']}'")
     if recipe["explainer_params"] == "calibration" and not recipe["explainer_cam"]:
         raise AkdError(f"{source}: explainer_params 'calibration' trains the CAM gain and bias: it needs explainer_cam")
-    if not (isinstance(recipe["layercam_weight"], (int, float)) and recipe["layercam_weight"] >= 0):
-        raise AkdError(f"{source}: layercam_weight must be a number >= 0")
-    if recipe["layercam_weight"] and not recipe["explainer_cam"]:
-        raise AkdError(f"{source}: layercam_weight adds LayerCAM to the class activation map: it needs explainer_cam")
+    for key in ("layercam_weight", "layercam8_weight"):
+        if not (isinstance(recipe[key], (int, float)) and not isinstance(recipe[key], bool) and recipe[key] >= 0):
+            raise AkdError(f"{source}: {key} must be a number >= 0")
+        if recipe[key] and not recipe["explainer_cam"]:
+            raise AkdError(f"{source}: {key} adds LayerCAM to the class activation map: it needs explainer_cam")
     if recipe["substrate"] not in ("zeros", "blur"):
         raise AkdError(f"{source}: substrate must be 'zeros' or 'blur', not '{recipe['substrate']}'")
     if not recipe["rank_prior_power"] > 0:

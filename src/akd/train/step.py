@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from akd.models.surrogate import Surrogate, cam_class_weights, layercam_map, predicted_class
+from akd.models.surrogate import Surrogate, cam_class_weights, layercam_maps
 from akd.models.teachers import Teacher
 from akd.train import losses
 
@@ -41,19 +41,18 @@ class DistillationStep(nn.Module):
             logits = student(images).logits
         else:
             class_ids = teacher_logits.argmax(1)  # explain the target's prediction
-            joint, layercam = self.stage == "joint", None
+            joint, layercams, taps = self.stage == "joint", None, self.surrogate.explainer.layercam_taps
             # explainer stage: student frozen, no graph (but the one LayerCAM's gradient needs)
-            with torch.set_grad_enabled(joint or bool(recipe["layercam_weight"])):
-                if recipe["layercam_weight"]:
-                    (logits, deltas, features), tap16 = student.with_gradient_tap(images)
-                    layercam = layercam_map(logits, tap16, predicted_class(teacher_logits), keep_graph=joint)
-                else:
-                    logits, deltas, features = student(images)
+            with torch.set_grad_enabled(joint or bool(taps)):
+                (logits, deltas, features), tapped = student.with_gradient_taps(images, taps)
+                if taps:
+                    contrast = cam_class_weights(teacher_logits, "log_probability")
+                    layercams = layercam_maps(logits, tapped, contrast, keep_graph=joint)
             if not joint:
                 logits, features, deltas = logits.detach(), features.detach(), [d.detach() for d in deltas]
-                layercam = layercam.detach() if layercam is not None else None
+                layercams = [m.detach() for m in layercams] if layercams is not None else None
             weights = cam_class_weights(teacher_logits, recipe["cam_score"])[:, :, None, None]
-            saliency = self.surrogate.explain(deltas, features, weights, images.shape[-2:], layercam)
+            saliency = self.surrogate.explain(deltas, features, weights, images.shape[-2:], layercams)
         logits = logits.float()
         loss = torch.zeros((), device=images.device)
         if self.stage in ("student", "joint"):

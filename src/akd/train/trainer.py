@@ -117,6 +117,7 @@ class Trainer:
             "explainer_cam": bool(options.recipe["explainer_cam"]),
             "cam_score": options.recipe["cam_score"],
             "layercam_weight": float(options.recipe["layercam_weight"]),
+            "layercam8_weight": float(options.recipe["layercam8_weight"]),
             "classes": list(classes),
             "input_size": [teacher.preprocessing.input_size] * 2,
             "preprocessing": teacher.preprocessing.to_config(),
