@@ -60,12 +60,11 @@ def layercam_maps(logits: torch.Tensor, taps: list[torch.Tensor], class_weights:
                   keep_graph: bool = False) -> list[torch.Tensor]:
     """(N,1,h,w) LayerCAM (Jiang et al. 2021) at each of ``taps``: relu(sum_k relu(d s / d A_k) A_k) for the score
     s = sum_j class_weights_j z_j of the logits z. With ``cam_class_weights(logits, "log_probability")`` that
-    gradient is d log p_c / dA divided by 1 - p_c > 0: the same map, and no rounding - through log_softmax,
-    1 - p_c is 0 in float32 for a confident prediction, and the gradient kept only the other classes' term
-    (float32 rounds 1 - p_c to 0 once the other classes' probabilities sum below about 3e-8; none of the 96
-    validation images is that confident, a clear photo can be). One backward pass from the logits through every tap; the
-    gradient is a constant of the map (no second-order graph). ``keep_graph``: the caller still backpropagates
-    through the forward (training)."""
+    gradient is d log p_c / dA divided by 1 - p_c > 0: the same map, without rounding - through log_softmax,
+    float32 makes 1 - p_c exactly 0 once the other classes' probabilities sum below about 3e-8, and the gradient
+    kept only their term (none of the 96 validation images is that confident; a clear photo can be). One backward
+    pass from the logits through every tap; the gradient is a constant of the map (no second-order graph).
+    ``keep_graph``: the caller still backpropagates through the forward (training)."""
     score = (class_weights.detach().reshape(logits.shape) * logits.float()).sum()
     gradients = torch.autograd.grad(score, taps, retain_graph=keep_graph)
     return [(gradient.clamp(min=0) * tap).sum(dim=1, keepdim=True).clamp(min=0)
