@@ -12,6 +12,10 @@ targets see), stored as JPEG quality 95. Masks are ``akd.perturbation.rise_masks
 so these are the maps akd-evaluate's RISE computes on CPU, up to the GPU's fp16 arithmetic (measured on two images
 against fp32 and reported). Output ``rise_maps.npz``: names (split/file), class ids and probabilities of the
 target, maps average-pooled to 56 x 56 (train and validation) and 112 x 112 (held-out), float16.
+
+``--exact-heldout`` instead computes RISE for akd-evaluate's own held-out images (its pixels and the target's CPU
+class, written by ``--prepare``) at full resolution in fp32, TF32 off, into ``rise_heldout_*.npz``: RISE on all
+160 held-out images, which the 2-core CPU cannot afford (4 hours), for ``akd-evaluate --maps rise=...``.
 """
 
 from __future__ import annotations
@@ -32,6 +36,8 @@ import torch.nn.functional as F
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "imagenet-sample"
 SPLITS = ("train", "val", "heldout")
 POOL = {"train": 4, "val": 4, "heldout": 2}
+EXACT_INPUTS = "heldout_eval_images.npz"
+EXACT_FILES = 4  # the full-resolution float32 maps come back in this many files (16 MB per file at most)
 
 
 def prepare(work: Path) -> None:
@@ -42,6 +48,7 @@ def prepare(work: Path) -> None:
     from distill_imagenet_sample import split
 
     from akd.data.preprocessing import transforms_for
+    from akd.evaluation.report import load_images
     from akd.models.teachers import load_teacher
 
     teacher = load_teacher("efficientnet_lite0")
@@ -60,11 +67,17 @@ def prepare(work: Path) -> None:
             buffer = io.BytesIO()
             image.save(buffer, "JPEG", quality=95)
             (views / f"{name}__{path.stem}.jpg").write_bytes(buffer.getvalue())
-    state = {key: value.half().contiguous() for key, value in teacher.module.state_dict().items()}
-    save_file(state, str(work / "target.fp16.safetensors"))
+    with tempfile.TemporaryDirectory() as links:  # akd-evaluate's own images of the held-out split, exactly
+        heldout = split(SHARED, Path(links))[2]
+        images, _ = load_images(teacher, str(heldout), None, seed=0)
+    np.savez_compressed(work / EXACT_INPUTS, names=np.array([image.name for image in images]),
+             pixels=np.stack([image.pixels for image in images]),
+             class_ids=np.array([image.class_id for image in images]))
+    state = {key: value.contiguous() for key, value in teacher.module.state_dict().items()}
+    save_file(state, str(work / "target.safetensors"))  # fp32: the exact maps need the exact target
     (work / "target.json").write_text(json.dumps({"timm": "tf_efficientnet_lite0", **teacher.identity,
                                                   "preprocessing": teacher.preprocessing.to_config()}))
-    print(f"prepared {work}: {len(list(views.iterdir()))} views, target weights (fp16)")
+    print(f"prepared {work}: {len(list(views.iterdir()))} views, {len(images)} evaluation images, target weights")
 
 
 def load_target(work: Path, device: str) -> tuple[torch.nn.Module, dict]:
@@ -73,7 +86,7 @@ def load_target(work: Path, device: str) -> tuple[torch.nn.Module, dict]:
 
     identity = json.loads((work / "target.json").read_text())
     module = timm.create_model(identity["timm"], pretrained=False)
-    module.load_state_dict({k: v.float() for k, v in load_file(str(work / "target.fp16.safetensors")).items()})
+    module.load_state_dict(load_file(str(work / "target.safetensors")))
     return module.eval().to(device), identity
 
 
@@ -159,6 +172,43 @@ def build(work: Path, out: Path, masks: int, chunk: int, deadline: float, device
     return report
 
 
+@torch.no_grad()
+def exact_heldout(work: Path, out: Path, masks: int, chunk: int, deadline: float, device: str) -> dict:
+    """RISE maps of the held-out images exactly as akd-evaluate sees them (its decoded, resized, cropped pixels
+    and the target's class on CPU, from ``--prepare``), at full resolution in fp32 with TF32 off: the maps
+    akd-evaluate's RISE computes on CPU, up to the order of float sums. ``akd-evaluate --maps rise=FILE...``
+    scores them with the same metric code as every other method."""
+    from akd import contract
+    from akd.perturbation import rise_masks, rise_saliency
+
+    started = time.perf_counter()
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = True
+    target, identity = load_target(work, device)
+    inputs = np.load(work / EXACT_INPUTS)
+    pre = identity["preprocessing"]
+    all_masks = torch.cat(list(rise_masks(masks, 224, 224))).to(device)
+    rows = []
+    for name, pixels, class_id in zip(inputs["names"], inputs["pixels"], inputs["class_ids"], strict=True):
+        if time.perf_counter() - started > deadline:
+            break
+        image = torch.from_numpy(contract.normalise(pixels[None], pre["mean"], pre["std"])).to(device)
+        began = time.perf_counter()
+        saliency = rise_saliency(target, image, int(class_id), iter(all_masks.split(chunk)), masks)
+        predicted = int(target(image).argmax())
+        rows.append((str(name), int(class_id), predicted, saliency.cpu().numpy(), time.perf_counter() - began))
+    names, classes, predicted, maps, seconds = zip(*rows, strict=True)
+    for part, start in enumerate(range(0, len(rows), -(-len(rows) // EXACT_FILES))):
+        stop = start - (-len(rows) // EXACT_FILES)
+        np.savez(out / f"rise_heldout_{part}.npz", names=np.array(names[start:stop]),
+                 class_ids=np.array(classes[start:stop]), maps=np.stack(maps[start:stop]).astype(np.float32),
+                 seconds=np.array(seconds[start:stop]), masks=masks)
+    return {"exact_heldout": len(rows), "of": len(inputs["names"]), "masks": masks, "dtype": "float32, TF32 off",
+            "device": torch.cuda.get_device_name() if device == "cuda" else device, "torch": torch.__version__,
+            "seconds_per_image_median": float(np.median(seconds)),
+            "class_differs_from_akd_evaluate": int(sum(a != b for a, b in zip(classes, predicted, strict=True)))}
+
+
 def crops(names, images, per_image, classify, all_masks, chunk, started, deadline, out) -> dict:
     """RISE maps of ``per_image`` random-resized-crop views of each training view (``crop_params`` seeded by
     the image's index), round-robin over the images so a deadline leaves every image some views."""
@@ -197,6 +247,8 @@ def main() -> int:
     parser.add_argument("--deadline", type=float, default=300, help="seconds; stop and save what is done")
     parser.add_argument("--augment", type=int, default=0,
                         help="instead of the views themselves: this many random crops of each training view")
+    parser.add_argument("--exact-heldout", action="store_true",
+                        help="instead: full-resolution fp32 maps of akd-evaluate's held-out images (for --maps)")
     parser.add_argument("--device", default="cuda", help="cpu only to try the script on a few masks")
     args = parser.parse_args()
     if args.prepare:
@@ -207,7 +259,10 @@ def main() -> int:
         return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    report = build(Path(args.work), out, args.masks, args.chunk, args.deadline, args.device, args.augment)
+    if args.exact_heldout:
+        report = exact_heldout(Path(args.work), out, args.masks, args.chunk, args.deadline, args.device)
+    else:
+        report = build(Path(args.work), out, args.masks, args.chunk, args.deadline, args.device, args.augment)
     (out / "rise_targets.json").write_text(json.dumps(report, indent=2))
     print(json.dumps(report, indent=2))
     return 0
