@@ -9,6 +9,10 @@ final 1x1 convolution's output (``bn2``, after ``conv_head``) - and akd is compa
 
     python benchmarks/fidelity_imagenet_sample.py [--limit 160] [--rise 32] [--lime 8] [--int8] [--threads 2]
 
+RISE costs about 1.5 minutes per image on the 2-core CPU; with ``--rise-maps runs/gpu-check/out/rise_heldout_*.npz``
+(``benchmarks/rise_targets.py --exact-heldout`` on a GPU: the same masks on akd-evaluate's own images, fp32) the
+RISE row covers every held-out image, scored here by the same metric code, and its speed is the GPU's.
+
 Goals (same images, same machine; "beats" = the 95% interval of the paired per-image difference): akd insertion
 >= Grad-CAM + 0.02 with the interval above 0; within 0.02 of RISE on RISE's images; akd deletion <= Grad-CAM;
 akd intensity <= 0.6 x Grad-CAM; akd fps >= 3 x Grad-CAM and >= 1000 x RISE.
@@ -31,7 +35,9 @@ def main() -> int:
     parser.add_argument("--work", default="runs/bench-fidelity")
     parser.add_argument("--limit", type=int, default=160, help="held-out images for akd and Grad-CAM")
     parser.add_argument("--rise", type=int, default=32, help="images RISE explains (about 1.5 min each on 2 cores)")
-    parser.add_argument("--lime", type=int, default=8, help="images LIME explains")
+    parser.add_argument("--rise-maps", nargs="+", metavar="NPZ",
+                        help="RISE's maps made on a GPU (rise_targets.py --exact-heldout) instead of --rise")
+    parser.add_argument("--lime", type=int, default=8, help="images LIME explains (0: none)")
     parser.add_argument("--int8", action="store_true", help="also evaluate the INT8 graph")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
@@ -50,9 +56,12 @@ def main() -> int:
     if args.int8:
         run("akd-calibrate", fp32, "--data", train_dir, "--out", int8, "--force")
         models += ["--model", int8]
-    run("akd-evaluate", *models, "--teacher", "efficientnet_lite0", "--data", heldout_dir,
-        "--limit", args.limit, "--subset", f"rise={args.rise}", "--subset", f"lime={args.lime}",
-        "--gradcam-layer", "blocks.6", "--gradcam-layer", "bn2",
+    methods = ["akd", "gradcam"] + (["rise"] if not args.rise_maps else []) + (["lime"] if args.lime else [])
+    baselines = ["--methods", ",".join(methods)] + ([] if args.rise_maps else ["--subset", f"rise={args.rise}"]) \
+        + (["--maps", "rise=" + ",".join(args.rise_maps)] if args.rise_maps else []) \
+        + (["--subset", f"lime={args.lime}"] if args.lime else [])
+    run("akd-evaluate", *models, "--teacher", "efficientnet_lite0", "--data", heldout_dir, "--limit", args.limit,
+        *baselines, "--gradcam-layer", "blocks.6", "--gradcam-layer", "bn2",
         "--threads", args.threads, "--no-progress", "--out", work / "report")
     return check_goals(work / "report" / "report.json")
 
@@ -81,8 +90,9 @@ def check_goals(path: Path) -> int:
             (f"intensity <= 0.6 x {cam}", means[name]["intensity"], [0.6 * means[cam]["intensity"]] * 2,
              means[name]["intensity"] <= 0.6 * means[cam]["intensity"]),
             (f"fps >= 3 x {cam}", fps[name], [3 * fps[cam]] * 2, fps[name] >= 3 * fps[cam]),
-            ("fps >= 1000 x RISE", fps[name], [1000 * fps["rise"]] * 2, fps[name] >= 1000 * fps["rise"]),
         ]
+        if not results["rise"]["timed_in"].startswith("where the maps were made"):  # else timed on another machine
+            goals.append(("fps >= 1000 x RISE", fps[name], [1000 * fps["rise"]] * 2, fps[name] >= 1000 * fps["rise"]))
         for goal, value, bound, met in goals:
             print(f"  {name:28s} {goal:44s} {value:+9.4f} [{bound[0]:+.4f}, {bound[1]:+.4f}]  "
                   f"{'met' if met else 'MISSED'}")

@@ -366,11 +366,47 @@ def test_a_registered_method_is_one_function_away(tiny_net, flat_folder, tmp_pat
     assert len(report["results"]["centre"]["per_image"]) == 3
 
 
+def test_saved_maps_are_scored_like_the_method_that_made_them(tiny_net, flat_folder, tmp_path):
+    """Maps made elsewhere (RISE on a GPU) and saved: the same rows as the method computed here on the images the
+    file covers, the seconds recorded where they were made; a map of another class is refused, naming the image."""
+    from akd.evaluation.report import EvalOptions, evaluate, load_images
+    from akd.util import AkdError
+
+    teacher = _module_teacher(tiny_net, Preprocessing(input_size=32), {"name": "tiny"})
+    images, _ = load_images(teacher, str(flat_folder), 3, seed=0)
+    rise = RiseMethod(teacher, masks=50)
+    saved = tmp_path / "maps.npz"
+    np.savez(saved, names=np.array([image.name for image in images[1:]]),
+             class_ids=np.array([image.class_id for image in images[1:]]),
+             maps=np.stack([rise.explain(image) for image in images[1:]]), seconds=np.array([0.25, 0.5]))
+    report = evaluate(EvalOptions(models=[], data=str(flat_folder), out=str(tmp_path / "r"), methods=("rise",),
+                                  limit=3, rise_masks=50, saved_maps={"rise-gpu": [str(saved)]}),
+                      teacher, progress=False)
+    computed = {row["image"]: row for row in report["results"]["rise"]["per_image"]}
+    rows = report["results"]["rise-gpu"]["per_image"]
+    assert [row["image"] for row in rows] == [image.name for image in images[1:]]  # only the covered images
+    for row in rows:
+        for key in ("insertion", "deletion", "intensity"):
+            assert row[key] == computed[row["image"]][key]
+    assert [row["seconds"] for row in rows] == [0.25, 0.5]
+    assert report["results"]["rise-gpu"]["timed_in"] == f"where the maps were made: saved maps ({saved})"
+    assert report["common_images"] == 2
+
+    np.savez(saved, names=np.array([images[0].name]), class_ids=np.array([images[0].class_id + 1]),
+             maps=np.zeros((1, 32, 32), np.float32))
+    with pytest.raises(AkdError, match=f"the map of {images[0].name} explains class"):
+        evaluate(EvalOptions(models=[], data=str(flat_folder), out=str(tmp_path / "r2"), methods=(),
+                             limit=3, saved_maps={"rise-gpu": [str(saved)]}), teacher, progress=False)
+
+
 @pytest.mark.parametrize("extra, fragment", [
     (["--methods", "akd,magic"], "unknown method 'magic'"),
     (["--subset", "rise"], "expected METHOD=N"),
     (["--methods", "gradcam", "--subset", "rise=2"], "--subset rise"),
     (["--model", "missing.onnx", "--methods", "akd"], "missing.onnx: model not found"),
+    (["--methods", "rise", "--maps", "rise"], "expected LABEL=FILE.npz"),
+    (["--methods", "rise", "--maps", "rise=maps.npz"], "--maps rise: the label names a method"),
+    (["--methods", "rise", "--maps", "saved=missing.npz"], "missing.npz: not a saved-maps .npz"),
 ])
 def test_cli_errors_are_one_line(torchscript_target, flat_folder, tmp_path, capsys, extra, fragment):
     code = main(["evaluate", "--teacher", str(torchscript_target), "--data", str(flat_folder),

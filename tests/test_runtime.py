@@ -383,13 +383,14 @@ def test_slot_pipeline_keeps_order_overlaps_and_frees_its_slots():
     assert pipeline.free.qsize() == 2  # every slot returned
 
 
-def test_engine_keeps_two_batches_in_flight_on_a_pipelined_runner():
-    """SaliencyEngine.explain_batches (what stream() uses) submits batch i+1 before collecting batch i; results
-    come back in order."""
+@pytest.mark.parametrize("in_flight", [2, 3])
+def test_engine_keeps_the_runners_batches_in_flight(in_flight):
+    """SaliencyEngine.explain_batches (what stream() uses) submits up to the runner's ``in_flight`` batches before
+    collecting the oldest; results come back in order."""
     events = []
 
     class Pipelined(BrightnessRunner):
-        in_flight = 2
+        pass
 
         def _submit(self, batch):
             events.append(("submit", float(batch.mean())))
@@ -399,12 +400,14 @@ def test_engine_keeps_two_batches_in_flight_on_a_pipelined_runner():
             events.append(("collect", float(batch.mean())))
             return BrightnessRunner._infer(self, batch)
 
-    engine = SaliencyEngine(Pipelined(size=32))
-    frames = [np.full((20, 30, 3), 40 * i, np.uint8) for i in range(4)]
+    runner = Pipelined(size=32)
+    runner.in_flight = in_flight
+    engine = SaliencyEngine(runner)
+    frames = [np.full((20, 30, 3), 40 * i, np.uint8) for i in range(5)]
     results = list(engine.explain_batches([[frame] for frame in frames]))
     assert [r[0].saliency.mean() for r in results] == sorted(r[0].saliency.mean() for r in results)
     kinds = [kind for kind, _ in events]
-    assert kinds == ["submit", "submit", "collect", "submit", "collect", "submit", "collect", "collect"]
+    assert kinds == ["submit"] * in_flight + ["collect", "submit"] * (5 - in_flight) + ["collect"] * in_flight
     assert [value for kind, value in events if kind == "collect"] == [value for kind, value in events
                                                                       if kind == "submit"]
 

@@ -114,7 +114,7 @@ def evaluate(models: str | list[str] | None, data: str, out: str, *, target="eff
     """Insertion/deletion, intensity and speed of the surrogate graph(s) ``models`` (default: the shipped one)
     against Grad-CAM, RISE and LIME on ``target``'s predictions; writes report.md/json and figures to ``out`` and
     returns the report. ``options``: ``EvalOptions`` fields (limit, subsets, masks, step, batch_size, threads,
-    rise_masks, lime_samples, gradcam_layers, seed)."""
+    rise_masks, lime_samples, gradcam_layers, saved_maps, seed)."""
     from akd.evaluation.methods import METHODS
     from akd.evaluation.report import EvalOptions
     from akd.evaluation.report import evaluate as run_evaluation

@@ -139,7 +139,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
         skip_classes=args.teacher_skip_classes, progress=not args.no_progress, limit=args.limit,
         subsets=dict(args.subset), masks=args.masks, step=args.step, batch_size=args.batch_size,
         threads=args.threads, rise_masks=args.rise_masks, lime_samples=args.lime_samples,
-        gradcam_layers=args.gradcam_layer, seed=args.seed)
+        gradcam_layers=args.gradcam_layer, saved_maps=dict(args.maps), seed=args.seed)
     print(markdown(report))
     print(f"akd-evaluate: wrote report.md, report.json, curves.png and overlays.png to {args.out}")
     return 0

@@ -216,6 +216,14 @@ def subset(text: str) -> tuple[str, int]:
     return method, int(count)
 
 
+def saved_maps(text: str) -> tuple[str, list[str]]:
+    label, sep, files = text.partition("=")
+    paths = [path for path in files.split(",") if path]
+    if not sep or not label or not paths:
+        raise argparse.ArgumentTypeError(f"expected LABEL=FILE.npz[,FILE.npz...], got '{text}'")
+    return label, paths
+
+
 def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     from akd.evaluation.methods import METHODS
 
@@ -228,6 +236,9 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--limit", type=positive_int, help="evaluate a seeded random subset of N images")
     parser.add_argument("--subset", type=subset, action="append", default=[], metavar="METHOD=N",
                         help="run a slow method on the first N images only, e.g. --subset rise=8")
+    parser.add_argument("--maps", type=saved_maps, action="append", default=[], metavar="LABEL=FILE.npz[,...]",
+                        help="score maps made elsewhere (e.g. RISE on a GPU: benchmarks/rise_targets.py) as a "
+                             "method named LABEL; .npz with names, class_ids, maps (N,H,W) and optional seconds")
     parser.add_argument("--masks", metavar="DIR", help="object masks named like the images: adds the pointing games")
     parser.add_argument("--step", type=positive_int, help="pixels moved per point (default: width * 8 = 1792)")
     parser.add_argument("--batch-size", type=positive_int, default=32, help="perturbed images per forward pass")

@@ -45,6 +45,14 @@ class SaliencyMethod(abc.ABC):
     def explain(self, image: EvalImage) -> np.ndarray:
         """The (H, W) map of ``image.class_id`` at the model's input resolution."""
 
+    def covers(self, image: EvalImage) -> bool:
+        """Whether this method has a map for ``image`` (saved maps cover the images they were made for)."""
+        return True
+
+    def recorded_seconds(self, image: EvalImage) -> float | None:
+        """Seconds the map took where it was made, when that was not here (saved maps); None: time it here."""
+        return None
+
     def close(self) -> None:  # noqa: B027 - an optional hook, empty by default
         """Release hooks, sessions and engines; the default holds none."""
 
@@ -197,6 +205,47 @@ class LimeMethod(SaliencyMethod):
         for segment, weight in explanation.local_exp[image.class_id]:
             weights[segment] = weight
         return weights[explanation.segments]
+
+
+class SavedMapsMethod(SaliencyMethod):
+    """Maps made elsewhere - RISE with 4000 masks on a GPU (``benchmarks/rise_targets.py --exact-heldout``),
+    another explainer - scored here by the same metric code and judge as every method. Each .npz file holds
+    ``names`` (akd-evaluate's image names), ``class_ids`` (the class each map explains: it must be the target's
+    prediction here) and ``maps`` (N, H, W); optionally ``seconds`` per map, which the speed table then reports
+    as timed where the maps were made."""
+
+    def __init__(self, label: str, paths: list[str]):
+        self.name, self.execution = label, f"saved maps ({', '.join(paths)})"
+        self.saved: dict[str, tuple[int, np.ndarray, float]] = {}  # name -> class, map, seconds (nan: untimed)
+        for path in paths:
+            try:
+                with np.load(path, allow_pickle=False) as data:
+                    names, class_ids, maps = (data[key] for key in ("names", "class_ids", "maps"))
+                    seconds = data["seconds"] if "seconds" in data else [None] * len(names)
+            except (OSError, ValueError, KeyError) as exc:
+                raise AkdError(f"{path}: not a saved-maps .npz with names, class_ids and maps ({exc})") from None
+            if maps.ndim != 3 or not len(names) == len(class_ids) == len(maps) == len(seconds):
+                raise AkdError(f"{path}: {len(names)} names, {len(class_ids)} class ids, maps of shape "
+                               f"{maps.shape}: expected one (H, W) map per name")
+            for name, class_id, saliency, second in zip(names, class_ids, maps, seconds, strict=True):
+                self.saved[str(name)] = (int(class_id), saliency.astype(np.float32),
+                                         float("nan") if second is None else float(second))
+
+    def covers(self, image: EvalImage) -> bool:
+        return image.name in self.saved
+
+    def recorded_seconds(self, image: EvalImage) -> float | None:
+        return self.saved[image.name][2]
+
+    def explain(self, image: EvalImage) -> np.ndarray:
+        class_id, saliency, _ = self.saved[image.name]
+        if class_id != image.class_id:
+            raise AkdError(f"--maps {self.name}: the map of {image.name} explains class {class_id}, but the target "
+                           f"predicts {image.class_id} here: maps of another target or other images")
+        if saliency.shape != image.pixels.shape[:2]:
+            raise AkdError(f"--maps {self.name}: the map of {image.name} is {saliency.shape}, the image "
+                           f"{image.pixels.shape[:2]}")
+        return saliency
 
 
 @register_method("akd")

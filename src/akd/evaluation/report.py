@@ -21,7 +21,7 @@ import torch
 
 from akd import contract
 from akd.evaluation import metrics
-from akd.evaluation.methods import METHOD_BUILDERS, METHODS, EvalImage, SaliencyMethod
+from akd.evaluation.methods import METHOD_BUILDERS, METHODS, EvalImage, SaliencyMethod, SavedMapsMethod
 from akd.models.teachers import Teacher
 from akd.util import IMAGE_EXTENSIONS, AkdError, atomic_path
 
@@ -43,14 +43,18 @@ class EvalOptions:
     rise_masks: int = 4000
     lime_samples: int = 1000
     gradcam_layers: list[str] = field(default_factory=list)  # each a Grad-CAM method; none: the automatic layer
+    saved_maps: dict[str, list[str]] = field(default_factory=dict)  # label -> .npz files of maps made elsewhere
     seed: int = 0
 
     def __post_init__(self):
         for name in self.methods:
             if name not in METHOD_BUILDERS:
                 raise AkdError(f"unknown method '{name}' (methods: {', '.join(METHOD_BUILDERS)})")
+        for label in self.saved_maps:
+            if label.split(":")[0] in self.methods or label.startswith("akd"):
+                raise AkdError(f"--maps {label}: the label names a method this run computes; choose another")
         for name in self.subsets:
-            if name not in self.methods:
+            if name not in self.methods and name not in self.saved_maps:
                 raise AkdError(f"--subset {name}: '{name}' is not among the evaluated methods")
 
 
@@ -103,9 +107,11 @@ def load_mask(masks: str, image: EvalImage, teacher: Teacher) -> np.ndarray | No
 
 
 def build_methods(options: EvalOptions, teacher: Teacher, stack: contextlib.ExitStack) -> list[SaliencyMethod]:
-    """The methods ``options.methods`` names, each entered on ``stack`` so all are released however the run ends."""
-    return [stack.enter_context(method) for name in options.methods
-            for method in METHOD_BUILDERS[name](options, teacher)]
+    """The methods ``options.methods`` names and the saved maps, each entered on ``stack`` so all are released
+    however the run ends."""
+    built = [method for name in options.methods for method in METHOD_BUILDERS[name](options, teacher)]
+    built += [SavedMapsMethod(label, paths) for label, paths in options.saved_maps.items()]
+    return [stack.enter_context(method) for method in built]
 
 
 def _time_inference(teacher: Teacher, images: list[EvalImage]) -> list[float]:
@@ -136,10 +142,14 @@ def _time_methods(methods: list[SaliencyMethod], images: list[EvalImage], per_im
     own, as a deployment runs one explainer frame after frame, blocks rotating between methods for a few rounds.
     A method slower than a block (RISE, LIME) keeps its scoring-loop times: milliseconds are noise there."""
     scored = {method.name: [row["seconds"] for row in per_image[method.name]] for method in methods}
-    fast = [method for method in methods if np.median(scored[method.name]) <= TIMING_BLOCK_SECONDS]
+    elsewhere = {method.name: method.execution for method in methods if isinstance(method, SavedMapsMethod)}
+    fast = [method for method in methods
+            if method.name not in elsewhere and np.median(scored[method.name]) <= TIMING_BLOCK_SECONDS]
     timed: dict[str, list[float]] = {method.name: [] for method in fast}
     speed = {name: {"seconds": _summary(seconds), "timed_in": "the scoring loop"}
-             for name, seconds in scored.items() if name not in timed}
+             for name, seconds in scored.items() if name not in timed and name not in elsewhere}
+    speed.update({name: {"seconds": _summary(scored[name]), "timed_in": f"where the maps were made: {where}"}
+                  for name, where in elsewhere.items()})
     for round_index in range(TIMING_ROUNDS):
         shift = round_index % max(1, len(fast))
         for method in fast[shift:] + fast[:shift]:
@@ -208,11 +218,12 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
         curves: dict[str, dict[str, list[np.ndarray]]] = {m.name: {"insertion": [], "deletion": []} for m in methods}
         executions = {method.name: method.execution for method in methods}
         for method in methods:  # warm-up outside the timed loop (session/graph initialisation)
-            method.explain(images[0])
+            if method.covers(images[0]):
+                method.explain(images[0])
         for index, image in enumerate(tqdm(images, desc="akd-evaluate", disable=not progress)):
             mask = load_mask(options.masks, image, teacher) if options.masks else None
             for method in methods:
-                if index >= subset_size(options.subsets, method.name, len(images)):
+                if index >= subset_size(options.subsets, method.name, len(images)) or not method.covers(image):
                     continue
                 saliency, row, method_curves = _score(method, image, teacher, options, mask)
                 per_image[method.name].append(row)
@@ -235,6 +246,8 @@ def _score(method: SaliencyMethod, image: EvalImage, teacher: Teacher, options: 
     started = time.perf_counter()
     saliency = method.explain(image)
     seconds = time.perf_counter() - started
+    recorded = method.recorded_seconds(image)
+    seconds = seconds if recorded is None else recorded
     row: dict[str, Any] = {"image": image.name, "target_class": image.class_id, "seconds": seconds,
                            "intensity": metrics.intensity(saliency)}
     curves = {mode: metrics.causal_curve(teacher, image.tensor, saliency, mode, options.step, options.batch_size,

@@ -144,10 +144,11 @@ class SaliencyEngine:
 
     def explain_batches(self, chunks: Iterable[Sequence[np.ndarray]], model_resolution: bool = False
                         ) -> Iterator[list[Result]]:
-        """Each chunk's results, in order, with up to two chunks in flight where the runner allows (the CUDA
-        pipelines, onnxruntime's worker thread): chunk i+1 is preprocessed (and copied to the device) while chunk
-        i computes. Each chunk must fit the model's maximum batch."""
-        depth = max(1, min(2, self.runner.in_flight))
+        """Each chunk's results, in order, with as many chunks in flight as the runner holds (the CUDA pipelines'
+        slots, onnxruntime's worker thread: 2): chunk i+1 is preprocessed (and copied to the device) while chunk
+        i computes, and on a GPU small batches of several slots run side by side. Each chunk must fit the
+        model's maximum batch."""
+        depth = max(1, self.runner.in_flight)
         if depth == 1:
             yield from (self._explain_now(chunk, model_resolution) for chunk in chunks)
             return
