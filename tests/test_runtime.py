@@ -419,10 +419,16 @@ cuda = pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="n
 def test_torch_cuda_pipeline_matches_cpu(tiny_checkpoint, exported):
     frames = _frames(6)
     reference = SaliencyEngine.load(str(exported)).explain(frames)
-    for options in ({}, {"fp16": True}, {"cuda_graphs": True}):
+    for options in ({}, {"fp16": True}, {"cuda_graphs": True}, {"channels_last": True}, {"slots": 1}):
         got = SaliencyEngine.load(str(tiny_checkpoint), device="cuda", max_batch=4, **options).explain(frames)
         for a, b in zip(reference, got, strict=True):
             np.testing.assert_allclose(a.saliency, b.saliency, atol=2e-2 if options else 1e-3)
+
+
+@pytest.mark.parametrize("option", ["fp16", "cuda_graphs", "channels_last"])
+def test_torch_backend_refuses_gpu_only_options_on_cpu(tiny_checkpoint, option):
+    with pytest.raises(AkdError, match="need the torch backend on a CUDA device"):
+        SaliencyEngine.load(str(tiny_checkpoint), device="cpu", **{option: True})
 
 
 def test_cuda_python_binding_reports_cuda_errors_clearly():
