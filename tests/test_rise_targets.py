@@ -46,8 +46,7 @@ def test_built_maps_are_the_rise_baselines_maps(rise_targets, tmp_path):
     teacher = load_teacher("efficientnet_lite0")
     work = tmp_path / "work"
     (work / "views").mkdir(parents=True)
-    save_file({k: v.half().contiguous() for k, v in teacher.module.state_dict().items()},
-              str(work / "target.fp16.safetensors"))
+    save_file({k: v.contiguous() for k, v in teacher.module.state_dict().items()}, str(work / "target.safetensors"))
     (work / "target.json").write_text(json.dumps({"timm": "tf_efficientnet_lite0",
                                                   "preprocessing": teacher.preprocessing.to_config()}))
     rng = np.random.default_rng(0)
@@ -61,9 +60,7 @@ def test_built_maps_are_the_rise_baselines_maps(rise_targets, tmp_path):
     built = np.load(out / "rise_maps_heldout.npz")
     assert list(built["names"]) == ["heldout/b"]
 
-    # the same view through akd-evaluate's RISE, with the fp16 weights the builder loads
-    target, _ = rise_targets.load_target(work, "cpu")
-    teacher.module.load_state_dict(target.state_dict())
+    # the same view through akd-evaluate's RISE
     names, images = rise_targets.read_views(work, teacher.preprocessing.to_config())
     image = images[names.index("heldout/b")][None]
     class_id = int(teacher(image).argmax())
@@ -72,3 +69,39 @@ def test_built_maps_are_the_rise_baselines_maps(rise_targets, tmp_path):
     pooled = torch.nn.functional.avg_pool2d(torch.from_numpy(fresh)[None, None], 2)[0, 0].numpy()
     np.testing.assert_allclose(built["maps"][0].astype(np.float32), pooled, atol=2e-3)  # stored as float16
     assert np.corrcoef(built["maps"][0].ravel(), pooled.ravel())[0, 1] > 0.999
+
+
+def test_exact_heldout_maps_are_akd_evaluates_rise_maps_of_its_own_images(rise_targets, tmp_path):
+    """--exact-heldout: akd-evaluate's pixels and classes in, full-resolution fp32 maps out - the maps its RISE
+    computes, so `akd-evaluate --maps` scores RISE without running it; split into files that each come back."""
+    from safetensors.torch import save_file
+
+    from akd import contract
+    from akd.evaluation.methods import EvalImage, RiseMethod
+    from akd.models.teachers import load_teacher
+
+    teacher = load_teacher("efficientnet_lite0")
+    work, out = tmp_path / "work", tmp_path / "out"
+    work.mkdir()
+    out.mkdir()
+    save_file({k: v.contiguous() for k, v in teacher.module.state_dict().items()}, str(work / "target.safetensors"))
+    (work / "target.json").write_text(json.dumps({"timm": "tf_efficientnet_lite0",
+                                                  "preprocessing": teacher.preprocessing.to_config()}))
+    rng = np.random.default_rng(1)
+    pixels = rng.integers(0, 256, (5, 224, 224, 3), dtype=np.uint8)
+    pre = teacher.preprocessing
+    tensors = [torch.from_numpy(contract.normalise(p[None], pre.mean, pre.std)) for p in pixels]
+    classes = [int(teacher(t).argmax()) for t in tensors]
+    np.savez(work / rise_targets.EXACT_INPUTS, names=np.array([f"img{i}" for i in range(5)]), pixels=pixels,
+             class_ids=np.array(classes))
+    report = rise_targets.exact_heldout(work, out, masks=30, chunk=15, deadline=600, device="cpu")
+    assert report["exact_heldout"] == 5 and report["class_differs_from_akd_evaluate"] == 0
+    parts = [np.load(path) for path in sorted(out.glob("rise_heldout_*.npz"))]
+    assert len(parts) == 3  # 5 maps over EXACT_FILES = 4 files: 2 a file
+    names = [str(n) for part in parts for n in part["names"]]
+    maps = np.concatenate([part["maps"] for part in parts])
+    assert names == [f"img{i}" for i in range(5)] and maps.dtype == np.float32 and maps.shape == (5, 224, 224)
+    rise = RiseMethod(teacher, masks=30)
+    for index in (0, 4):
+        fresh = rise.explain(EvalImage(names[index], pixels[index], tensors[index], classes[index]))
+        np.testing.assert_allclose(maps[index], fresh, atol=1e-6)
