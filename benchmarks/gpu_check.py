@@ -13,14 +13,17 @@ Gates (exit 1 when one fails; the JSON report goes to OUT/gpu_check.json either 
 - pinned host buffers are page-locked (``cudaPointerGetAttributes``) and pinned H2D and D2H run >= 1.5x the
   bandwidth of pageable memory;
 - copies are asynchronous: a D2H queued behind a ~50 ms kernel returns to the host in < 5 ms;
-- the slot pipeline overlaps: on a copy-heavy batch 2 slots take <= 0.8x the wall time of 1 slot, outputs
-  bit-identical, and a worker thread can use it;
+- the slot pipeline overlaps: on a copy-heavy batch 2 slots take <= 0.8x the wall time of 1 slot (medians of 5
+  alternating rounds), outputs bit-identical, and a worker thread can use it;
 - the shipped surrogate in fp16 (eager and CUDA graphs) and fp32 with TF32 off against CPU fp32 on the real
   frames, judged by the parity limits akd-export applies to this surrogate's graphs (``parity.limits_for``: with
   LayerCAM the gradient limits), the bare 1e-4 bound on fp32 reported beside them; a partial last batch (5 after
   batches of 8);
-- throughput, host batch in -> host outputs out, fp16 + CUDA graphs, 2 slots, two batches in flight: images/s
-  at batch 1 (goal >= 1000 on an H200-class GPU) and 32, with per-stage times.
+- throughput, host batch in -> host outputs out, fp16 + CUDA graphs, the runner's default slots, as many batches
+  in flight: images/s at batch 1 (goal >= 1000 on an H200-class GPU) and 32, with per-stage times.
+Recorded beside the gates: batch 1 with 1, 3 and 4 batches in flight, ``channels_last`` at batch 1 and 32,
+``SaliencyEngine`` end to end on the clip's frames, and the kernels one batch-1 forward launches.
+``--only pinned_memory,overlap`` reruns some checks.
 """
 
 from __future__ import annotations
