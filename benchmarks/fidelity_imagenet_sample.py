@@ -56,10 +56,16 @@ def main() -> int:
     if args.int8:
         run("akd-calibrate", fp32, "--data", train_dir, "--out", int8, "--force")
         models += ["--model", int8]
-    methods = ["akd", "gradcam"] + (["rise"] if not args.rise_maps else []) + (["lime"] if args.lime else [])
-    baselines = ["--methods", ",".join(methods)] + ([] if args.rise_maps else ["--subset", f"rise={args.rise}"]) \
-        + (["--maps", "rise=" + ",".join(args.rise_maps)] if args.rise_maps else []) \
-        + (["--subset", f"lime={args.lime}"] if args.lime else [])
+    methods, baselines = ["akd", "gradcam"], []
+    if args.rise_maps:  # RISE made on a GPU, scored here
+        baselines += ["--maps", "rise=" + ",".join(args.rise_maps)]
+    else:
+        methods.append("rise")
+        baselines += ["--subset", f"rise={args.rise}"]
+    if args.lime:
+        methods.append("lime")
+        baselines += ["--subset", f"lime={args.lime}"]
+    baselines = ["--methods", ",".join(methods), *baselines]
     run("akd-evaluate", *models, "--teacher", "efficientnet_lite0", "--data", heldout_dir, "--limit", args.limit,
         *baselines, "--gradcam-layer", "blocks.6", "--gradcam-layer", "bn2",
         "--threads", args.threads, "--no-progress", "--out", work / "report")

@@ -295,6 +295,11 @@ def images_per_second(runner, feeds: list[np.ndarray], in_flight: int, seconds: 
     return done * len(feeds[0]) / (time.perf_counter() - started), stages
 
 
+def median_stages(stages: list[dict]) -> dict[str, float]:
+    """Each stage's median milliseconds over the timed batches."""
+    return {name: float(np.median([stage[name] for stage in stages])) for name in stages[0]}
+
+
 def engine_rate(seconds: float) -> dict:
     """End to end through ``SaliencyEngine.explain_batches`` (what ``stream()`` runs): the clip's decoded frames
     one at a time - letterboxed on the CPU, results mapped back to the frame - fp16 + CUDA graphs."""
@@ -311,7 +316,7 @@ def engine_rate(seconds: float) -> dict:
         elapsed = time.perf_counter() - started
         in_flight = engine.runner.in_flight
     return {"frames_per_s": done / elapsed, "frame": list(frames[0].shape), "in_flight": in_flight,
-            "stage_ms": {name: float(np.median([s[name] for s in stages])) for name in stages[0]}}
+            "stage_ms": median_stages(stages)}
 
 
 def check_throughput(images: np.ndarray, seconds: float) -> dict:
@@ -331,8 +336,7 @@ def check_throughput(images: np.ndarray, seconds: float) -> dict:
         for feed in feeds * 3:  # warm-up: captures the bucket's graphs
             runner.infer(feed)
         rate_, stages = images_per_second(runner, feeds, runner.in_flight, seconds if not options else seconds / 2)
-        report[key] = {"images_per_s": rate_, "in_flight": runner.in_flight, "stage_ms": {
-            name: float(np.median([s[name] for s in stages])) for name in stages[0]}}
+        report[key] = {"images_per_s": rate_, "in_flight": runner.in_flight, "stage_ms": median_stages(stages)}
         runner.close()
     report["passed"] = report["batch_1"]["images_per_s"] >= 1000
     report["engine_video_batch_1"] = engine_rate(seconds)

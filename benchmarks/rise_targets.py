@@ -198,8 +198,9 @@ def exact_heldout(work: Path, out: Path, masks: int, chunk: int, deadline: float
         predicted = int(target(image).argmax())
         rows.append((str(name), int(class_id), predicted, saliency.cpu().numpy(), time.perf_counter() - began))
     names, classes, predicted, maps, seconds = zip(*rows, strict=True)
-    for part, start in enumerate(range(0, len(rows), -(-len(rows) // EXACT_FILES))):
-        stop = start - (-len(rows) // EXACT_FILES)
+    per_file = -(-len(rows) // EXACT_FILES)
+    for part, start in enumerate(range(0, len(rows), per_file)):
+        stop = start + per_file
         np.savez(out / f"rise_heldout_{part}.npz", names=np.array(names[start:stop]),
                  class_ids=np.array(classes[start:stop]), maps=np.stack(maps[start:stop]).astype(np.float32),
                  seconds=np.array(seconds[start:stop]), masks=masks)

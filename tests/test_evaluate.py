@@ -284,6 +284,8 @@ def test_speed_is_timed_in_blocks_apart_from_the_scoring(monkeypatch):
     last = {"caller": None}
 
     class Method:
+        made_elsewhere = False
+
         def __init__(self, name):
             self.name, self.calls = name, 0
 

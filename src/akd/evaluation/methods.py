@@ -40,6 +40,7 @@ class SaliencyMethod(abc.ABC):
 
     name: str
     execution = "torch on cpu"
+    made_elsewhere = False  # maps computed before this run (saved maps): timed where they were made, not here
 
     @abc.abstractmethod
     def explain(self, image: EvalImage) -> np.ndarray:
@@ -213,6 +214,8 @@ class SavedMapsMethod(SaliencyMethod):
     ``names`` (akd-evaluate's image names), ``class_ids`` (the class each map explains: it must be the target's
     prediction here) and ``maps`` (N, H, W); optionally ``seconds`` per map, which the speed table then reports
     as timed where the maps were made."""
+
+    made_elsewhere = True
 
     def __init__(self, label: str, paths: list[str]):
         self.name, self.execution = label, f"saved maps ({', '.join(paths)})"

@@ -142,7 +142,7 @@ def _time_methods(methods: list[SaliencyMethod], images: list[EvalImage], per_im
     own, as a deployment runs one explainer frame after frame, blocks rotating between methods for a few rounds.
     A method slower than a block (RISE, LIME) keeps its scoring-loop times: milliseconds are noise there."""
     scored = {method.name: [row["seconds"] for row in per_image[method.name]] for method in methods}
-    elsewhere = {method.name: method.execution for method in methods if isinstance(method, SavedMapsMethod)}
+    elsewhere = {method.name: method.execution for method in methods if method.made_elsewhere}
     fast = [method for method in methods
             if method.name not in elsewhere and np.median(scored[method.name]) <= TIMING_BLOCK_SECONDS]
     timed: dict[str, list[float]] = {method.name: [] for method in fast}
@@ -245,9 +245,8 @@ def _score(method: SaliencyMethod, image: EvalImage, teacher: Teacher, options: 
     """One method on one image: its map (timed), the per-image row and the insertion/deletion curves."""
     started = time.perf_counter()
     saliency = method.explain(image)
-    seconds = time.perf_counter() - started
     recorded = method.recorded_seconds(image)
-    seconds = seconds if recorded is None else recorded
+    seconds = time.perf_counter() - started if recorded is None else recorded
     row: dict[str, Any] = {"image": image.name, "target_class": image.class_id, "seconds": seconds,
                            "intensity": metrics.intensity(saliency)}
     curves = {mode: metrics.causal_curve(teacher, image.tensor, saliency, mode, options.step, options.batch_size,

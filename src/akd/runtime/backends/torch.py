@@ -52,7 +52,8 @@ class TorchRunner(Runner):
         self.torch, self.device, self.fp16, self.cuda_graphs = torch, torch.device(device), fp16, cuda_graphs
         self.model = module.eval().to(self.device)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.model.to(memory_format=self.memory_format)
+        if channels_last:
+            self.model.to(memory_format=self.memory_format)
         if fp16:  # convolution and linear weights in half once, so autocast never re-casts them per forward;
             # the network through its first tap stays fp32 (see Student.fp32_through_first_tap)
             student = surrogate.student
