@@ -4,6 +4,8 @@ that gradient as forward operations so the surrogate stays one ONNX graph, with 
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import onnxruntime as ort
 import pytest
@@ -158,9 +160,11 @@ def test_input_gradients_written_as_convolutions_equal_autograd():
     nodes = [node for node in traced.graph.nodes if node.op == "call_function"]
     assert not any("backward" in str(node.target) for node in nodes)
     convolutions = [node for node in nodes if node.target == torch.ops.aten.convolution.default]
+    masks = [node for node in convolutions if str(node.args[1].target).startswith("_mask_weight_")]
+    convolutions = [node for node in convolutions if node not in masks]
     assert len(convolutions) == 2 * 5 and not any(node.args[6] for node in convolutions)  # forward + gradients
     assert all(min(node.args[1]) >= 0 for node in nodes if node.target == torch.ops.aten.constant_pad_nd.default)
-    masks = [node for node in nodes if node.target in (torch.ops.aten.gt.Scalar, torch.ops.aten.lt.Scalar)]
+    assert not any(node.target in (torch.ops.aten.gt.Scalar, torch.ops.aten.lt.Scalar) for node in nodes)
     clamps = (torch.ops.aten.hardtanh.default, torch.ops.aten.hardtanh_.default)  # ReLU6 and ReLU6(inplace=True)
     assert len(masks) == 2 * 3 and all(node.args[0].target in clamps for node in masks)
     scaled_inputs = [node for node in convolutions if node.args[0].target == torch.ops.aten.mul.Tensor
@@ -171,6 +175,35 @@ def test_input_gradients_written_as_convolutions_equal_autograd():
         expected = module(other).detach()
         assert expected.abs().max() > 0
         torch.testing.assert_close(traced(other), expected, rtol=1e-5, atol=1e-6)
+
+
+class ReluGradients(nn.Module):
+    def forward(self, x):
+        with torch.enable_grad():
+            x = x.detach().requires_grad_(True)
+            y = nn.functional.relu6(x) + nn.functional.relu(x - 7) * 2
+            (grad,) = torch.autograd.grad((y * torch.arange(1.0, 1.0 + x.shape[-1])).sum(), x)
+        return grad
+
+
+def test_gradient_masks_as_convolutions_switch_exactly_at_the_bounds():
+    """The masks written as clamped 1x1 convolutions equal the comparisons on the bounds themselves (ReLU6 at 0
+    and 6, ReLU at 7), just inside them and far out, and are a fraction only within 2^-122 of a bound."""
+    from akd.deploy.gradients import MASK_SCALE
+
+    six_minus = float(np.nextafter(np.float32(6), np.float32(0)))
+    values = [-1.0, 0.0, 1e-30, 3.0, six_minus, 6.0, 6.5, 7.0, float(np.nextafter(np.float32(7), np.float32(8))),
+              1e30, 1e-38]
+    x = torch.tensor(values).reshape(1, 1, 1, -1).repeat(1, 16, 1, 1)  # 16 channels: onnxruntime's NCHWc layout
+    traced = without_autograd(ReluGradients(), x)
+    assert sum(str(node.target).startswith("_mask_weight_") for node in traced.graph.nodes) == 3
+    buffer = io.BytesIO()
+    torch.onnx.export(traced, (x,), buffer, input_names=["x"], opset_version=17, dynamo=False)
+    session = ort.InferenceSession(buffer.getvalue(), providers=["CPUExecutionProvider"])
+    expected = ReluGradients()(x)
+    for got in (traced(x), torch.from_numpy(session.run(None, {"x": x.numpy()})[0])):
+        torch.testing.assert_close(got[..., :-1], expected[..., :-1], rtol=0, atol=0)
+        torch.testing.assert_close(got[..., -1], expected[..., -1] * 1e-38 * MASK_SCALE)  # below 2^-122: a fraction
 
 
 @pytest.fixture(scope="module", params=[0.0, 0.5], ids=["stride16", "stride8and16"])
@@ -250,9 +283,14 @@ def test_no_layercam_export_is_forward_only_and_says_so(layercam_surrogate, tmp_
     save_checkpoint(checkpoint, layercam_surrogate.surrogate)
     full, = akd.export(str(checkpoint), str(tmp_path / "full.onnx"), verify=False)
     plain, = akd.export(str(checkpoint), str(tmp_path / "plain.onnx"), verify=False, layercam=False)
-    convolutions = {name: sum(node.op_type == "Conv" for node in onnx.load(str(path)).graph.node)
+    convolutions = {name: [node.input[1] for node in onnx.load(str(path)).graph.node if node.op_type == "Conv"]
                     for name, path in (("full", full), ("plain", plain))}
-    assert convolutions["full"] > convolutions["plain"] + 10  # the gradients through layer3's blocks and layer4
+    masks = [weight for weight in convolutions["full"] if weight.startswith("_mask_weight_")]
+    # the gradient through layer4's five convolutions (and layer3's for the stride-8 tap), a ReLU mask after each
+    # block's first convolution and its sum
+    stages = 2 if layercam_surrogate.surrogate.explainer.layercam_weights[0] else 1
+    assert len(convolutions["full"]) - len(masks) == len(convolutions["plain"]) + 5 * stages
+    assert len(masks) == 4 * stages
     metadata = {p.key: p.value for p in onnx.load(str(plain)).metadata_props}
     config = json.loads(metadata["akd_config"])
     assert config["layercam_weight"] == config["layercam8_weight"] == 0.0

@@ -21,6 +21,27 @@ def test_cbam_returns_attentive_difference():
     assert bool((f_hat.abs() <= f.abs() + 1e-6).all())
 
 
+def test_cbam_gates_are_constants_of_the_gradient_outside_training_only():
+    torch.manual_seed(0)
+    cbam = CBAM(16)
+    for last in (cbam.channel.mlp[-1], cbam.spatial.conv):  # gates that move with the input, away from 0.5
+        torch.nn.init.normal_(last.weight, std=0.5)
+    f = torch.randn(1, 16, 6, 6, requires_grad=True)
+    cbam.eval()
+    f_hat, _ = cbam(f)
+    (grad,) = torch.autograd.grad(f_hat.sum(), f)
+    with torch.no_grad():  # the gates held fixed: d(f * c * s)/df = c * s
+        channel = cbam.channel(f)
+        expected = channel * cbam.spatial(f * channel)
+    torch.testing.assert_close(grad, expected)
+    cbam.train()
+    f_hat, _ = cbam(f)
+    (trained,) = torch.autograd.grad(f_hat.sum(), f, retain_graph=True)
+    assert (trained - expected).abs().max() > 1e-3  # training differentiates through the gates too
+    f_hat.sum().backward()
+    assert cbam.channel.mlp[0].weight.grad.abs().sum() > 0 and cbam.spatial.conv.weight.grad.abs().sum() > 0
+
+
 def test_cbam_channel_attention_is_per_channel_and_spatial_is_per_position():
     cbam = CBAM(16)
     f = torch.randn(1, 16, 6, 6)

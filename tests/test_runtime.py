@@ -620,3 +620,29 @@ def test_onnxruntime_runner_overlaps_the_next_batch_and_keeps_order(exported):
     for a, b in zip(pipelined, one_by_one, strict=True):
         np.testing.assert_array_equal(a.saliency, b.saliency)
     assert worker._shutdown and engine.runner._worker is None
+
+
+def test_onnxruntime_runner_runs_single_frames_on_a_session_with_the_batch_fixed_at_one(exported):
+    """On the CPU single frames run on a second session whose batch is fixed at 1 (onnxruntime lays the graph out
+    for it); its outputs are the dynamic session's, and every other batch size runs on the dynamic one."""
+    from akd.runtime.backends.onnxruntime import OnnxRuntimeRunner
+
+    class Counted:
+        def __init__(self, session):
+            self.session, self.calls = session, 0
+
+        def run(self, *args):
+            self.calls += 1
+            return self.session.run(*args)
+
+    runner = OnnxRuntimeRunner(str(exported), device="cpu")
+    assert runner.single.get_inputs()[0].shape[0] == 1 and runner.session.get_inputs()[0].shape[0] == "batch"
+    size = runner.info.config["input_size"]
+    batch = np.random.default_rng(0).normal(size=(3, 3, *size)).astype(np.float32)
+    runner.single, runner.session = Counted(runner.single), Counted(runner.session)
+    together = runner.infer(batch).outputs
+    alone = [runner.infer(batch[i:i + 1]).outputs for i in range(3)]
+    assert (runner.single.calls, runner.session.calls) == (3, 1)
+    for i, outputs in enumerate(alone):
+        np.testing.assert_allclose(outputs["saliency"], together["saliency"][i:i + 1], atol=1e-5)
+        assert outputs["class_id"][0] == together["class_id"][i]

@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 
 INPUT = "images"
+BATCH = "batch"  # the name of every input and output's first, dynamic, dimension
 SALIENCY, LOGITS, CLASS_ID, SCORE = "saliency", "logits", "class_id", "score"
 OUTPUTS = (SALIENCY, LOGITS, CLASS_ID, SCORE)
 INPUT_FORMATS = ("float-nchw", "uint8-nhwc")

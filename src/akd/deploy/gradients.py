@@ -5,8 +5,10 @@ operations decomposed, one backward operation is left, ``convolution_backward``.
 used, which is itself a convolution: at stride 1 with the kernel flipped (and transposed across channels), after
 spreading a strided gradient out with zeros. What make_fx records has the example's batch size in its shapes, so
 the module is traced at two batch sizes and every number that differs becomes a multiple of the input's batch.
-Written for onnxruntime's CPU kernels (measured, docs/BENCHMARKS.md): 0/1 masks multiplied, not Where; ReLU6's
-masks read its output, so the ReLU6 stays fused into its convolution; batch norm's scale inside the kernels."""
+Written for onnxruntime's CPU kernels (measured, docs/BENCHMARKS.md): 0/1 masks multiplied, not Where, made by
+clamped depthwise 1x1 convolutions (which stay in onnxruntime's blocked NCHWc layout, as comparisons do not);
+ReLU6's masks read its output, so the ReLU6 stays fused into its convolution; batch norm's scale inside the
+kernels."""
 
 from __future__ import annotations
 
@@ -33,8 +35,8 @@ def _batch_norm_eval(x, weight, bias, mean, var, training, momentum, eps):
 
 
 def _hardtanh_backward(grad, x, low, high):
-    """The gradient times a 0/1 mask: onnxruntime runs Cast and Mul about 3x faster than the Where with a scalar
-    branch that torch's own decomposition exports to."""
+    """The gradient times a 0/1 mask (not the Where with a scalar branch of torch's own decomposition, which
+    onnxruntime runs about 3x slower); in float32 the mask becomes convolutions, ``_masks_as_convolutions``."""
     return grad * torch.logical_and(x > low, x < high).to(grad.dtype)
 
 
@@ -68,6 +70,7 @@ def _trace(module: torch.nn.Module, example: torch.Tensor) -> fx.GraphModule:
     with torch.no_grad():
         traced = make_fx(module, tracing_mode="real", decomposition_table=_decompositions())(example)
     _masks_from_outputs(traced.graph)
+    _masks_as_convolutions(traced, example)
     input_gradients_as_convolutions(traced, example)
     for node in list(traced.graph.nodes):  # the public form of ops the ONNX exporter knows only by their public name
         if node.target in _PUBLIC:
@@ -98,6 +101,53 @@ def _masks_from_outputs(graph: fx.Graph) -> None:
                    and user.args[bound] == node.args[1]]
         if clamped:
             node.replace_input_with(saved, clamped[0])
+
+
+MASK_SCALE = 2.0 ** 122  # x * 2^122 is exact, and 6 * 2^122 stays finite in float32
+
+
+def _masks_as_convolutions(module: fx.GraphModule, example: torch.Tensor) -> None:
+    """Write each 0/1 mask the backward multiplies by (``x > low``, and ``x < high`` for ReLU6) as
+    clamp(x * s - low * s, 0, 1) with s = 2^122, a depthwise 1x1 convolution with the clamp fused into it. Both
+    products are exact and one rounding keeps the difference's sign, so the mask is the comparison's wherever
+    |x - bound| >= 2^-122 (below, a fraction of 1); an overflow to +-inf still clamps to 1 or 0."""
+    ShapeProp(module).propagate(example)
+    graph, index = module.graph, 0
+    for node in list(graph.nodes):
+        if node.target != aten._to_copy.default or not all(user.target == aten.mul.Tensor for user in node.users):
+            continue
+        source = node.args[0]
+        comparisons = (source.args if source.target == aten.logical_and.default else (source,))
+        if not all(isinstance(c, fx.Node) and c.target in (aten.gt.Scalar, aten.lt.Scalar) for c in comparisons):
+            continue
+        meta = comparisons[0].args[0].meta.get("tensor_meta")
+        if meta is None or len(meta.shape) != 4 or meta.dtype != torch.float32:  # 2^122 overflows fp16
+            continue
+        with graph.inserting_before(node):
+            masks = [_clamped_scale(module, comparison, meta, f"{index}_{side}")
+                     for side, comparison in enumerate(comparisons)]
+            index += 1
+            mask = masks[0] if len(masks) == 1 else graph.call_function(aten.mul.Tensor, tuple(masks))
+        node.replace_all_uses_with(mask)
+        for dead in dict.fromkeys((node, source, *comparisons)):
+            if not dead.users:
+                graph.erase_node(dead)
+    for node in graph.nodes:
+        node.meta.pop("tensor_meta", None)
+    graph.lint()
+    module.recompile()
+
+
+def _clamped_scale(module: fx.GraphModule, comparison: fx.Node, meta, key: str) -> fx.Node:
+    x, bound = comparison.args
+    channels, sign = meta.shape[1], 1.0 if comparison.target == aten.gt.Scalar else -1.0
+    weight, bias = f"_mask_weight_{key}", f"_mask_bias_{key}"
+    module.register_buffer(weight, torch.full((channels, 1, 1, 1), sign * MASK_SCALE, dtype=meta.dtype))
+    module.register_buffer(bias, torch.full((channels,), -sign * bound * MASK_SCALE, dtype=meta.dtype))
+    graph = module.graph
+    scaled = graph.call_function(aten.convolution.default, (x, graph.get_attr(weight), graph.get_attr(bias),
+                                                            [1, 1], [0, 0], [1, 1], False, [0, 0], channels))
+    return graph.call_function(aten.clamp.default, (scaled, 0.0, 1.0))
 
 
 def _channel_scale(node: fx.Node, dtype: torch.dtype) -> tuple[fx.Node, fx.Node] | None:

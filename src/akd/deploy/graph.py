@@ -113,7 +113,7 @@ def export_onnx(module: nn.Module, config: dict[str, Any], input_format: str, me
 
     sample = example_input(config, input_format)
     buffer = io.BytesIO()
-    batch_axis = {0: "batch"}
+    batch_axis = {0: contract.BATCH}
     precision = torch.autocast("cpu", dtype=torch.float16) if fp16 else contextlib.nullcontext()
     fp32_prefix = module.surrogate.student.fp32_through_first_tap() if fp16 else []
     module = module.eval()
