@@ -28,7 +28,8 @@ class Distilled(NamedTuple):
     metrics: dict[str, Any]  # the last epoch's: agreement, losses, mean saliency, seconds
 
 
-def _teacher(target, preprocessing=None, weights: str | None = None, skip_classes: int = 0):
+def _teacher(target, preprocessing=None, weights: str | None = None, skip_classes: int = 0,
+             white_box: bool = False):
     from torch import nn
 
     from akd.models.teachers import load_teacher, teacher_from_module
@@ -36,8 +37,24 @@ def _teacher(target, preprocessing=None, weights: str | None = None, skip_classe
     if isinstance(target, nn.Module):
         return teacher_from_module(target, preprocessing)
     if isinstance(target, str):
-        return load_teacher(target, weights, preprocessing, skip_classes)
+        return load_teacher(target, weights, preprocessing, skip_classes, white_box)
     raise AkdError(f"target: expected an nn.Module or a spec string, got {type(target).__name__}")
+
+
+def _target_label(target, out: str | None) -> str:
+    """The name the target's explanation graph is written under: ``<stem>.explained`` beside a target file."""
+    if isinstance(target, str) and Path(target).suffix and Path(target).is_file():
+        return str(Path(target).with_suffix(".explained"))
+    if out is None:
+        raise AkdError("--out is required when exporting the explanation of a target given by name")
+    name = target.rpartition(":")[2] if isinstance(target, str) else type(target).__name__
+    return f"{name}.explained"
+
+
+def _target_surrogate(target, preprocessing, weights: str | None, skip_classes: int, opaque: bool):
+    from akd.models.target_explanation import target_surrogate
+
+    return target_surrogate(_teacher(target, preprocessing, weights, skip_classes, white_box=not opaque))
 
 
 def distill(target, data: str, out: str, *, student: str = "resnet50_cbam", preprocessing=None,
@@ -66,13 +83,18 @@ def distill(target, data: str, out: str, *, student: str = "resnet50_cbam", prep
 
 def export(surrogate=None, out: str | None = None, *, precision: str = "fp32", format: str = "onnx",
            batch: tuple[int, int, int] = (1, 8, 32), engine: dict | None = None, triton: dict | None = None,
-           on_report=None, **options: Any) -> list[Path]:
+           on_report=None, target=None, target_weights: str | None = None, preprocessing=None,
+           skip_classes: int = 0, opaque: bool = False, **options: Any) -> list[Path]:
     """The fused graph (and engine/serving files) of ``surrogate``: a .safetensors path, a ``Surrogate`` held in
     memory, or None for the one shipped with akd (then ``out`` is required). ``batch`` is the TensorRT profile
     (MIN, OPT, MAX), from which Triton's batching follows; ``engine``/``triton``: further ``EngineOptions`` /
     ``TritonOptions`` fields; ``options``: ``ExportOptions`` fields (input_format, include_target, layercam, verify,
     parity_data, calib_data, num_images, calibration_method, int8_target, max_drift, cache_dir, force);
-    ``on_report(checks)`` receives the parity/drift numbers. Returns the paths written."""
+    ``on_report(checks)`` receives the parity/drift numbers. Returns the paths written.
+
+    ``target`` instead of a surrogate: the target's own explanation, no training (``akd.models.target_explanation``)
+    - a spec as ``akd-train`` takes (an ONNX file converted to torch unless ``opaque``) or an ``nn.Module``;
+    written beside a target file as ``<stem>.explained.onnx``, else under ``out``."""
     from akd.deploy.exporter import ExportOptions
     from akd.deploy.exporter import export as export_graph
     from akd.deploy.serving import TritonOptions
@@ -83,6 +105,13 @@ def export(surrogate=None, out: str | None = None, *, precision: str = "fp32", f
     triton = {"max_batch": batch[2], "preferred_batches": (batch[1], batch[2]), **(triton or {})}
     settings = dict(precision=precision, format=format, engine=EngineOptions(batch=batch, **(engine or {})),
                     triton=TritonOptions(**triton), **options)
+    if target is not None:
+        if surrogate is not None:
+            raise AkdError("export either a surrogate or a target's own explanation, not both")
+        return export_graph(ExportOptions(_target_label(target, out), None if out is None else str(out),
+                                          target_surrogate=lambda: _target_surrogate(
+                                              target, preprocessing, target_weights, skip_classes, opaque),
+                                          **settings), on_report)
     if isinstance(surrogate, Surrogate):  # in memory: exported from a checkpoint written for it
         if out is None:
             raise AkdError("out is required when exporting a surrogate held in memory")

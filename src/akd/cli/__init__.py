@@ -55,8 +55,13 @@ def run_export(args: argparse.Namespace) -> int:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         raise AkdError(f"{flags}: not used by --format {args.format} --precision {args.precision}"
                        f"{' --no-verify' if args.no_verify else ''}; drop it or pick the format that takes it")
+    if args.teacher and args.checkpoint:
+        raise AkdError("give a surrogate checkpoint or --target, not both")
+    target = {"target": args.teacher, "target_weights": args.teacher_weights, "opaque": args.opaque,
+              "preprocessing": _teacher_preprocessing(args), "skip_classes": args.teacher_skip_classes}
     written = api.export(
-        args.checkpoint, args.out, precision=args.precision, format=args.format, batch=tuple(args.batch),
+        args.checkpoint, args.out, **(target if args.teacher else {}),
+        precision=args.precision, format=args.format, batch=tuple(args.batch),
         engine={"workspace_mb": args.workspace, "timing_cache": args.timing_cache, "dla_core": args.dla_core,
                 "version_compatible": args.version_compatible,
                 "hardware_compatibility": args.hardware_compatibility},
@@ -75,6 +80,12 @@ def run_export(args: argparse.Namespace) -> int:
 def _print_checks(checks: dict, prog: str) -> None:
     """One line per precision checked: the parity numbers (fp32/fp16) or the int8 drift report."""
     for precision, metrics in checks.items():
+        if precision == "white-box target":
+            print(f"{prog}: ONNX target converted to torch by {metrics['converter']} (softmax cut: "
+                  f"{metrics['softmax_cut']}, {metrics['fake_quantized']} fake-quantized activations; max logit "
+                  f"difference to onnxruntime {metrics['max_difference']:.3g}, onnxruntime's own spread "
+                  f"{metrics['onnxruntime_spread']:.3g})", file=sys.stderr)
+            continue
         shown = metrics.get("drift", metrics) if precision == "int8" else metrics
         if isinstance(shown, dict):
             values = ", ".join(f"{k} {v:.6f}" if isinstance(v, float) else f"{k} {v}" for k, v in shown.items())

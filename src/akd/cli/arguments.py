@@ -39,14 +39,17 @@ def non_negative_int(text: str) -> int:
     return int(text)
 
 
-def add_teacher_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--teacher", required=True, metavar="NAME_OR_PATH",
+def add_teacher_arguments(parser: argparse.ArgumentParser, required: bool = True) -> None:
+    """The target's arguments; ``--teacher*`` are the older names of the same options."""
+    parser.add_argument("--target", "--teacher", dest="teacher", required=required, metavar="NAME_OR_PATH",
                         help="efficientnet_lite0 (built-in), torchvision:NAME, timm:NAME, a TorchScript file or an "
-                             "ONNX file (black box)")
-    parser.add_argument("--teacher-weights", metavar="FILE", help="state dict (.safetensors or .pth) for NAME targets")
+                             "ONNX file")
+    parser.add_argument("--target-weights", "--teacher-weights", dest="teacher_weights", metavar="FILE",
+                        help="state dict (.safetensors or .pth) for NAME targets")
     parser.add_argument("--mean", type=floats, help="R,G,B mean in [0,1] for file targets (default: ImageNet)")
     parser.add_argument("--std", type=floats, help="R,G,B std in [0,1] for file targets (default: ImageNet)")
-    parser.add_argument("--teacher-skip-classes", type=int, default=0, metavar="K",
+    parser.add_argument("--target-skip-classes", "--teacher-skip-classes", dest="teacher_skip_classes", type=int,
+                        default=0, metavar="K",
                         help="drop the first K outputs of an ONNX target (e.g. 1 for a 'background' class)")
 
 
@@ -104,7 +107,12 @@ def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", metavar="SURROGATE.safetensors", nargs="?",
-                        help="default: the surrogate shipped with akd (then --out is required)")
+                        help="default: the surrogate shipped with akd (then --out is required), or with --target "
+                             "the target's own explanation")
+    add_teacher_arguments(parser, required=False)
+    parser.add_argument("--opaque", action="store_true",
+                        help="treat an ONNX --target as a black box (no conversion to torch): it then has no "
+                             "gradients to export, so this refuses with the reason")
     parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
                         help="fp32 (default: exact parity), fp16 (GPU), int8 (--calib-data, or the shipped "
                              "surrogate's own ranges)")

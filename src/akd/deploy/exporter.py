@@ -80,6 +80,9 @@ class ExportOptions:
     engine: EngineOptions = field(default_factory=EngineOptions)  # TensorRT build settings
     triton: TritonOptions = field(default_factory=TritonOptions)  # --format triton
     force: bool = False
+    # the target's own explanation (akd.models.target_explanation), built after the checks before any work;
+    # ``checkpoint`` then names it: the graph is written as <checkpoint>.onnx (folder: --out or its parent)
+    target_surrogate: Callable[[], Any] | None = None
 
     @property
     def wants_engine(self) -> bool:
@@ -136,7 +139,8 @@ def export(options: ExportOptions, on_report: Callable[[dict[str, Any]], None] |
     serving = serving_files(options, onnx_path)
     refuse_overwrite(planned + list(serving), options.force)
 
-    surrogate = load_surrogate(options.checkpoint)
+    surrogate = (options.target_surrogate() if options.target_surrogate is not None
+                 else load_surrogate(options.checkpoint))
     config = surrogate.config
     if not options.layercam:  # the graph's metadata then says what it computes
         config["layercam_weight"] = config["layercam8_weight"] = 0.0
@@ -148,7 +152,9 @@ def export(options: ExportOptions, on_report: Callable[[dict[str, Any]], None] |
         validate_triton_config(triton_text)
     target = _target_module(config) if options.include_target else None
     reference = DeployableSurrogate(surrogate, options.input_format, target).eval()
-    model, report = _graph_at_precision(reference, config, options)
+    model, report = _graph_at_precision(reference, config, options, _source_sha256(options, surrogate))
+    if "white_box" in config["target"]:
+        report = {"white-box target": config["target"]["white_box"], **report}
     save_model(model, onnx_path)
     written = [onnx_path]
     if on_report is not None:
@@ -173,6 +179,10 @@ def _check_before_work(options: ExportOptions) -> None:
         raise AkdError(f"--precision must be one of {', '.join(PRECISIONS)}, not '{options.precision}'")
     if options.format not in FORMATS:
         raise AkdError(f"--format must be one of {', '.join(FORMATS)}, not '{options.format}'")
+    if options.target_surrogate is not None and options.include_target:
+        raise AkdError("--include-target: a target's own explanation already is the target's graph")
+    if options.target_surrogate is not None and options.precision == "int8" and not options.calib_data:
+        raise AkdError("--precision int8 of a target's explanation needs --calib-data (images of its domain)")
     if options.precision == "int8" and not options.calib_data:  # only the shipped surrogate's ranges ship
         from akd.deploy.calibration import shipped_ranges
 
@@ -185,10 +195,19 @@ def _check_before_work(options: ExportOptions) -> None:
         require_tensorrt()  # without TensorRT nothing is written
 
 
-def _graph_at_precision(reference: DeployableSurrogate, config: dict[str, Any], options: ExportOptions):
+def _source_sha256(options: ExportOptions, surrogate) -> str:
+    """The checkpoint file's hash, or for a target's explanation the content hash of its tensors."""
+    if options.target_surrogate is None:
+        return sha256_file(options.checkpoint)
+    from akd.models.surrogate import tensors_sha256
+
+    return tensors_sha256(surrogate.state_dict())
+
+
+def _graph_at_precision(reference: DeployableSurrogate, config: dict[str, Any], options: ExportOptions,
+                        source_sha: str):
     """(the graph at ``options.precision``, its parity/drift report): fp32 exported and checked first, then
     fp16 traced again or int8 quantized from it."""
-    source_sha = sha256_file(options.checkpoint)
     extra = {"include_target": options.include_target}
     fp32 = export_onnx(reference, config, options.input_format,
                        artifact_metadata(config, source_sha, "fp32", options.input_format, **extra))

@@ -44,6 +44,37 @@ def _threshold_backward(grad, x, threshold):
     return grad * (x > threshold).to(grad.dtype)
 
 
+def _avg_pool2d_backward(grad, x, kernel, stride, padding, ceil_mode, count_include_pad, divisor_override):
+    """Average pooling's input gradient as a transposed depthwise convolution by a constant 1 / (kh kw) kernel
+    (torch has no decomposition of it; a converted ONNX graph's AveragePool needs one). Exact where every window
+    divides by its full size: no padding, or padding counted."""
+    if ceil_mode or divisor_override or (any(padding) and not count_include_pad):
+        return aten.avg_pool2d_backward.default(grad, x, kernel, stride, padding, ceil_mode, count_include_pad,
+                                                divisor_override)
+    kernel_h, kernel_w = kernel
+    stride_h, stride_w = stride or kernel
+    pad_h, pad_w = padding if len(padding) == 2 else (padding[0], padding[0])
+    channels = x.shape[1]
+    weight = torch.full((channels, 1, kernel_h, kernel_w), 1.0 / (kernel_h * kernel_w), dtype=grad.dtype)
+    extra = [x.shape[2] - ((grad.shape[2] - 1) * stride_h - 2 * pad_h + kernel_h),
+             x.shape[3] - ((grad.shape[3] - 1) * stride_w - 2 * pad_w + kernel_w)]
+    return torch.nn.functional.conv_transpose2d(grad, weight, None, (stride_h, stride_w), (pad_h, pad_w), extra,
+                                                channels)
+
+
+def _slice_backward(grad, input_sizes, dim, start, end, step):
+    """A unit-step slice's gradient as zero padding (torch's decomposition writes a slice_scatter, which has no
+    ONNX export); e.g. a converted graph's logits without their 'background' class."""
+    size = input_sizes[dim]
+    start, end = (min(max(v + size if v < 0 else v, 0), size) for v in (start, end))
+    if step != 1:
+        from torch._decomp import decomposition_table
+
+        return decomposition_table[aten.slice_backward.default](grad, input_sizes, dim, start, end, step)
+    pad = [0, 0] * (len(input_sizes) - 1 - dim % len(input_sizes)) + [start, size - end]
+    return aten.constant_pad_nd.default(grad, pad, 0.0)
+
+
 def _decompositions() -> dict:
     from torch._decomp import get_decompositions
 
@@ -51,10 +82,12 @@ def _decompositions() -> dict:
                                 aten._log_softmax_backward_data, aten._softmax_backward_data, aten.silu_backward,
                                 aten.gelu_backward, aten.hardswish_backward, aten.hardsigmoid_backward,
                                 aten.leaky_relu_backward, aten.max_pool2d_with_indices_backward,
-                                aten.avg_pool2d_backward, aten._batch_norm_no_update,
+                                aten._batch_norm_no_update,
                                 aten._batch_norm_with_update, aten.native_batch_norm_backward])
     table[aten.hardtanh_backward.default] = _hardtanh_backward
     table[aten.threshold_backward.default] = _threshold_backward
+    table[aten.avg_pool2d_backward.default] = _avg_pool2d_backward
+    table[aten.slice_backward.default] = _slice_backward
     table[aten.native_batch_norm.default] = _batch_norm_eval
     table[aten._native_batch_norm_legit_no_training.default] = (
         lambda x, w, b, m, v, momentum, eps: _batch_norm_eval(x, w, b, m, v, False, momentum, eps))

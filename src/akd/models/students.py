@@ -73,7 +73,7 @@ class Student(nn.Module):
     ``class_activation_map`` the exact per-position contribution to a class logit."""
 
     def __init__(self, network: nn.Module, taps: list[nn.Module], tap_channels: list[int], pool: nn.Module | None,
-                 classifier: nn.Module):
+                 classifier: nn.Module | None):
         super().__init__()
         self.network = network
         self._taps = taps  # plain list: the modules are already registered inside ``network``
@@ -81,6 +81,7 @@ class Student(nn.Module):
         self._classifier = [classifier]  # registered inside ``network`` too
         self._features: list[torch.Tensor] = []
         self._pool_type = getattr(pool, "pool_type", "avg")
+        self._features_hooked = pool is not None
         if pool is not None:
             pool.register_forward_pre_hook(lambda _module, inputs: self._features.append(inputs[0]))
 
@@ -146,10 +147,15 @@ class Student(nn.Module):
                 handle.remove()
         return seen
 
+    @property
+    def has_linear_head(self) -> bool:
+        """Global average pooling then a linear classifier: CAM is then exact. Otherwise (a converted ONNX graph)
+        the map's CAM term is Grad-CAM at the last tap, the same ranking for such a head."""
+        return isinstance(self._classifier[0], nn.Linear) and self._pool_type == "avg" and bool(self._features_hooked)
+
     def _linear_head(self, features: torch.Tensor) -> nn.Linear:
         classifier = self._classifier[0]
-        if not (isinstance(classifier, nn.Linear) and self._pool_type == "avg"
-                and features.shape[1] == classifier.in_features):
+        if not (self.has_linear_head and features.shape[1] == classifier.in_features):
             raise AkdError("this student does not end in global average pooling followed by a linear classifier, "
                            "so it has no class activation map (set explainer_cam: false)")
         return classifier

@@ -24,10 +24,12 @@ TRAIN_STATE_PREFIX = "train_state."
 class Surrogate(nn.Module):
     """``forward(images) -> (saliency (N,1,H,W) in [0,1], logits (N,C))`` for normalised images."""
 
-    def __init__(self, config: dict[str, Any], init_state: dict | None = None):
+    def __init__(self, config: dict[str, Any], init_state: dict | None = None, student: Student | None = None):
+        """``student``: one built elsewhere (the target itself, ``akd.models.target_explanation``) instead of
+        the config's architecture."""
         super().__init__()
         self.config = config
-        self.student: Student = build_student(config["student"], len(config["classes"]), init_state)
+        self.student: Student = student or build_student(config["student"], len(config["classes"]), init_state)
         self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128),
                                    config.get("explainer_cam", False), layercam_weights(config))
 
@@ -35,15 +37,21 @@ class Surrogate(nn.Module):
         """Without grad mode (inference) the outputs carry no graph, even when the map differentiates inside."""
         keep_graph = torch.is_grad_enabled()
         taps = self.explainer.layercam_taps
-        with torch.enable_grad() if taps else contextlib.nullcontext():
-            (logits, deltas, features), tapped = self.student.with_gradient_taps(images, taps)
+        gradient_cam = self.explainer.cam and not self.student.has_linear_head
+        needed = [*taps, LAST_TAP] if gradient_cam else taps
+        with torch.enable_grad() if needed else contextlib.nullcontext():
+            (logits, deltas, features), tapped = self.student.with_gradient_taps(images, needed)
             # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
             classes = len(self.config["classes"])
             weights = (cam_class_weights(logits.reshape(-1, classes, 1, 1), self.config.get("cam_score", "logit"))
-                       if self.explainer.cam else None)
-            contrast = cam_class_weights(logits, "log_probability") if taps else None
-            layercams = layercam_maps(logits, tapped, contrast, keep_graph) if taps else None
-            saliency = self.explain(deltas, features, weights, images.shape[-2:], layercams)
+                       if self.explainer.cam and not gradient_cam else None)
+            contrast = cam_class_weights(logits, "log_probability") if needed else None
+            if gradient_cam:
+                *layercams, cam = layercam_maps(logits, tapped, contrast, keep_graph, grad_cam_last=True)
+                saliency = self.explainer(deltas, images.shape[-2:], cam, layercams)
+            else:
+                layercams = layercam_maps(logits, tapped, contrast, keep_graph) if taps else None
+                saliency = self.explain(deltas, features, weights, images.shape[-2:], layercams)
         if not keep_graph:
             saliency, logits = saliency.detach(), logits.detach()
         return saliency, logits
@@ -56,19 +64,27 @@ class Surrogate(nn.Module):
         return self.explainer(deltas, size, cam, layercams)
 
 
+LAST_TAP = 2  # the student's stride-32 tap
+
+
 def layercam_maps(logits: torch.Tensor, taps: list[torch.Tensor], class_weights: torch.Tensor,
-                  keep_graph: bool = False) -> list[torch.Tensor]:
+                  keep_graph: bool = False, grad_cam_last: bool = False) -> list[torch.Tensor]:
     """(N,1,h,w) LayerCAM (Jiang et al. 2021) at each of ``taps``: relu(sum_k relu(d s / d A_k) A_k) for the score
     s = sum_j class_weights_j z_j of the logits z. With ``cam_class_weights(logits, "log_probability")`` that
     gradient is d log p_c / dA divided by 1 - p_c > 0: the same map, without rounding - through log_softmax,
     float32 makes 1 - p_c exactly 0 once the other classes' probabilities sum below about 3e-8, and the gradient
     kept only their term (none of the 96 validation images is that confident; a clear photo can be). One backward
     pass from the logits through every tap; the gradient is a constant of the map (no second-order graph).
-    ``keep_graph``: the caller still backpropagates through the forward (training)."""
+    ``keep_graph``: the caller still backpropagates through the forward (training). ``grad_cam_last``: the last
+    map is Grad-CAM instead, sum_k mean(d s / d A_k) A_k without ReLU - CAM of the same class weights, up to scale,
+    for a head that is global average pooling then linear, and its generalisation for any other head."""
     score = (class_weights.detach().reshape(logits.shape) * logits.float()).sum()
     gradients = torch.autograd.grad(score, taps, retain_graph=keep_graph)
-    return [(gradient.clamp(min=0) * tap).sum(dim=1, keepdim=True).clamp(min=0)
+    maps = [(gradient.clamp(min=0) * tap).sum(dim=1, keepdim=True).clamp(min=0)
             for gradient, tap in zip(gradients, taps, strict=True)]
+    if grad_cam_last:
+        maps[-1] = (gradients[-1].mean(dim=(2, 3), keepdim=True) * taps[-1]).sum(dim=1, keepdim=True)
+    return maps
 
 
 def predicted_class(logits: torch.Tensor, sharpness: float = 100.0) -> torch.Tensor:

@@ -195,6 +195,39 @@ class OnnxTeacher:
         return torch.from_numpy(outputs).to(images.device)
 
 
+class SkipClasses(nn.Module):
+    """A converted ONNX graph's logits without its first ``skip`` outputs (a TF-slim 'background' class)."""
+
+    def __init__(self, network: nn.Module, skip: int):
+        super().__init__()
+        self.network, self.skip = network, skip
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        logits = self.network(images)
+        return logits[:, self.skip:] if self.skip else logits
+
+
+def white_box_onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes: int = 0) -> Teacher:
+    """The ONNX file converted to torch (``akd.models.onnx_torch``): differentiable, its path recorded."""
+    from akd.models.onnx_torch import convert_onnx
+
+    runner = OnnxTeacher(path, skip_classes)  # the file's own input size, and a readable file checked first
+    if runner.input_size is not None:
+        preprocessing.input_size = runner.input_size
+    conversion = convert_onnx(path, preprocessing.input_size)
+    identity = {"name": Path(path).name, "kind": "onnx", "path": str(path), "sha256": sha256_file(path),
+                "skip_classes": skip_classes, "white_box": {
+                    "converter": "onnx2torch", "softmax_cut": conversion.softmax_cut,
+                    "fake_quantized": conversion.fake_quantized, "max_difference": conversion.max_difference,
+                    "onnxruntime_spread": conversion.onnxruntime_spread}}
+    teacher = _module_teacher(SkipClasses(conversion.module, skip_classes), preprocessing, identity)
+    if teacher.num_classes == 1000:
+        from akd.data.imagenet import imagenet_class_names
+
+        teacher.class_names = list(imagenet_class_names())
+    return teacher
+
+
 def onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes: int = 0) -> Teacher:
     runner = OnnxTeacher(path, skip_classes)
     if runner.input_size is not None:
@@ -219,14 +252,21 @@ def target_kind(spec: str) -> str:
 
 
 def load_teacher(spec: str, weights: str | None = None, preprocessing: Preprocessing | None = None,
-                 skip_classes: int = 0) -> Teacher:
+                 skip_classes: int = 0, white_box: bool = False) -> Teacher:
     """Resolve a target spec (see module docstring). ``preprocessing`` applies to file targets, whose
-    preprocessing cannot be read from the file itself."""
+    preprocessing cannot be read from the file itself. ``white_box``: an ONNX file is converted to a torch
+    module (refused with the reason when it does not convert exactly) instead of run as a black box."""
     kind = target_kind(spec)
     if kind not in TARGET_KINDS:
         raise AkdError(f"unknown target '{spec}': use {', '.join(BUILTIN_TARGETS)}, torchvision:NAME, timm:NAME, "
                        "or a .onnx / TorchScript file")
-    teacher = TARGET_KINDS[kind](spec, weights, preprocessing or Preprocessing(), skip_classes)
+    preprocessing = preprocessing or Preprocessing()
+    if kind == "onnx" and white_box:
+        if not os.path.isfile(spec):
+            raise AkdError(f"{spec}: ONNX target not found")
+        teacher = white_box_onnx_teacher(spec, preprocessing, skip_classes)
+    else:
+        teacher = TARGET_KINDS[kind](spec, weights, preprocessing, skip_classes)
     teacher.identity["preprocessing"] = teacher.preprocessing.to_config()
     return teacher
 
