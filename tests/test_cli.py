@@ -57,7 +57,7 @@ def test_bad_arguments(torchscript_target, imagefolder, tmp_path, capsys, extra,
 
 def test_missing_required_argument_and_bad_output(torchscript_target, imagefolder, tmp_path, capsys):
     code = train_main(["--data", str(imagefolder), "--out", "x.safetensors"])
-    _check_one_line_error(capsys, code, "the following arguments are required: --teacher")
+    _check_one_line_error(capsys, code, "the following arguments are required: --target/--teacher")
     code = train_main(_base(torchscript_target, imagefolder, tmp_path / "o.pt"))
     _check_one_line_error(capsys, code, "must be a .safetensors file")
 
