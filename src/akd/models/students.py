@@ -169,7 +169,7 @@ class Student(nn.Module):
         return (features * weights).mean(dim=1, keepdim=True) * features.shape[1]
 
 
-def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
+def set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
     parent_name, _, child = dotted.rpartition(".")
     parent = root.get_submodule(parent_name) if parent_name else root
     setattr(parent, child, module)
@@ -210,7 +210,7 @@ def timm_student(name: str, num_classes: int, init_state: dict | None = None) ->
     for reduction in (8, 16, 32):
         info = deepest[reduction]
         stage = AttentiveStage(network.get_submodule(info["module"]), info["num_chs"], init_state is not None)
-        _set_module(network, info["module"], stage)
+        set_module(network, info["module"], stage)
         taps.append(stage)
         channels.append(info["num_chs"])
     return Student(network, taps, channels, getattr(network, "global_pool", None), network.get_classifier())

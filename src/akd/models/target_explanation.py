@@ -18,7 +18,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from akd.models.students import Student
+from akd.models.students import Student, set_module
 from akd.models.surrogate import Surrogate
 from akd.models.teachers import Teacher
 from akd.util import AkdError
@@ -43,11 +43,6 @@ class PlainTap(nn.Module):
         output = self.stage(*args)
         self.delta = torch.zeros_like(output)
         return output
-
-
-def _set_module(root: nn.Module, dotted: str, module: nn.Module) -> None:
-    parent_name, _, child = dotted.rpartition(".")
-    setattr(root.get_submodule(parent_name) if parent_name else root, child, module)
 
 
 def _timm_taps(network: nn.Module) -> dict[int, tuple[str, int]] | None:
@@ -108,7 +103,7 @@ def target_student(teacher: Teacher) -> tuple[Student, dict[int, str]]:
     for stride in STRIDES:
         name = taps[stride][0]
         tap = PlainTap(network.get_submodule(name))
-        _set_module(network, name, tap)
+        set_module(network, name, tap)
         wrapped.append(tap)
     channels = [taps[stride][1] for stride in STRIDES]
     if timm_taps is not None:
