@@ -37,6 +37,7 @@ class Conversion:
     fake_quantized: int  # activation quantize -> dequantize pairs kept as straight-through fake quantization
     max_difference: float  # max |logit| difference to onnxruntime (graph as written) on the check images
     onnxruntime_spread: float  # the same between onnxruntime's optimised and unoptimised runs
+    input_size: int  # the graph's own, where it fixes one
 
 
 class StraightThroughFakeQuant(nn.Module):
@@ -131,20 +132,21 @@ def _constants(model) -> dict[str, np.ndarray]:
     return values
 
 
-def _dequantized(levels: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
-    shape = [1] * levels.ndim
-    if scale.ndim == 1 and levels.ndim > 1:
+def _along(values: np.ndarray, like: np.ndarray, axis: int) -> np.ndarray:
+    """A per-tensor or per-axis quantization parameter as float32, shaped to broadcast over ``like``."""
+    shape = [1] * like.ndim
+    if values.ndim == 1 and like.ndim > 1:
         shape[axis] = -1
-    return ((levels.astype(np.float32) - zero_point.astype(np.float32).reshape(shape))
-            * scale.astype(np.float32).reshape(shape))
+    return values.astype(np.float32).reshape(shape)
+
+
+def _dequantized(levels: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
+    return (levels.astype(np.float32) - _along(zero_point, levels, axis)) * _along(scale, levels, axis)
 
 
 def _quantized(values: np.ndarray, scale: np.ndarray, zero_point: np.ndarray, axis: int) -> np.ndarray:
     info = np.iinfo(zero_point.dtype)
-    shape = [1] * values.ndim
-    if scale.ndim == 1 and values.ndim > 1:
-        shape[axis] = -1
-    levels = np.rint(values / scale.astype(np.float32).reshape(shape)) + zero_point.astype(np.float32).reshape(shape)
+    levels = np.rint(values / _along(scale, values, axis)) + _along(zero_point, values, axis)
     return np.clip(levels, info.min, info.max)
 
 
@@ -158,10 +160,6 @@ def _rewrite_quantization(model) -> int:
     from onnx import helper, numpy_helper
 
     constants, producers = _constants(model), _producers(model)
-    consumers: dict[str, list] = {}
-    for node in model.graph.node:
-        for name in node.input:
-            consumers.setdefault(name, []).append(node)
     kept, fused = [], 0
     for node in model.graph.node:
         if node.op_type != "DequantizeLinear":
@@ -246,7 +244,8 @@ def _onnxruntime_logits(cut_model, images: np.ndarray, optimised: bool) -> np.nd
 
 def convert_onnx(path: str, input_size: int, seed: int = 0) -> Conversion:
     """The ONNX file at ``path`` as a torch module returning logits (N, C), batch-free, checked on four seeded
-    random images in normalised space. An ``AkdError`` names what does not convert."""
+    random images in normalised space at the graph's own input size (``input_size`` where the graph leaves it
+    open). An ``AkdError`` names what does not convert."""
     import onnx
 
     try:
@@ -254,7 +253,14 @@ def convert_onnx(path: str, input_size: int, seed: int = 0) -> Conversion:
     except ImportError:
         raise AkdError(f"{path}: converting an ONNX target to torch needs onnx2torch: "
                        "pip install 'akd[train]'") from None
-    model = onnx.load(path)
+    try:
+        model = onnx.load(path)
+    except Exception as exc:  # noqa: BLE001 - protobuf's decode errors have no common public type
+        raise AkdError(f"{path}: cannot load ONNX model ({str(exc).splitlines()[0]})") from None
+    dims = model.graph.input[0].type.tensor_type.shape.dim
+    if len(dims) != 4:
+        raise AkdError(f"{path}: expected one NCHW image input, got {len(dims)} dimensions")
+    input_size = dims[2].dim_value or input_size
     output, softmax_cut = _logits_output(model)
     if softmax_cut or output != model.graph.output[0].name:
         model = _cut(model, output)
@@ -281,4 +287,4 @@ def convert_onnx(path: str, input_size: int, seed: int = 0) -> Conversion:
                        f"{CONVERSION_TOLERANCE:g} + onnxruntime's own spread {spread:.3g})")
     for parameter in module.parameters():
         parameter.requires_grad_(False)
-    return Conversion(module, softmax_cut, fused, difference, spread)
+    return Conversion(module, softmax_cut, fused, difference, spread, input_size)

@@ -80,8 +80,7 @@ class Student(nn.Module):
         self.tap_channels = tap_channels
         self._classifier = [classifier]  # registered inside ``network`` too
         self._features: list[torch.Tensor] = []
-        self._pool_type = getattr(pool, "pool_type", "avg")
-        self._features_hooked = pool is not None
+        self._pool_type = getattr(pool, "pool_type", "avg") if pool is not None else None
         if pool is not None:
             pool.register_forward_pre_hook(lambda _module, inputs: self._features.append(inputs[0]))
 
@@ -151,7 +150,7 @@ class Student(nn.Module):
     def has_linear_head(self) -> bool:
         """Global average pooling then a linear classifier: CAM is then exact. Otherwise (a converted ONNX graph)
         the map's CAM term is Grad-CAM at the last tap, the same ranking for such a head."""
-        return isinstance(self._classifier[0], nn.Linear) and self._pool_type == "avg" and bool(self._features_hooked)
+        return isinstance(self._classifier[0], nn.Linear) and self._pool_type == "avg"
 
     def _linear_head(self, features: torch.Tensor) -> nn.Linear:
         classifier = self._classifier[0]

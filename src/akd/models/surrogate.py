@@ -37,6 +37,7 @@ class Surrogate(nn.Module):
         """Without grad mode (inference) the outputs carry no graph, even when the map differentiates inside."""
         keep_graph = torch.is_grad_enabled()
         taps = self.explainer.layercam_taps
+        # no pool + linear head (a converted graph): CAM is Grad-CAM of the contrastive score, from the same backward
         gradient_cam = self.explainer.cam and not self.student.has_linear_head
         needed = [*taps, LAST_TAP] if gradient_cam else taps
         with torch.enable_grad() if needed else contextlib.nullcontext():

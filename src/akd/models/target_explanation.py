@@ -50,8 +50,7 @@ def _timm_taps(network: nn.Module) -> dict[int, tuple[str, int]] | None:
     info = getattr(network, "feature_info", None)
     if info is None or not hasattr(network, "global_pool") or not hasattr(network, "get_classifier"):
         return None
-    deepest = {entry["reduction"]: (entry["module"], entry["num_chs"]) for entry in info}  # later = deeper
-    return deepest
+    return {entry["reduction"]: (entry["module"], entry["num_chs"]) for entry in info}  # later entries: deeper
 
 
 def _probed_taps(network: nn.Module, size: int) -> dict[int, tuple[str, int]]:

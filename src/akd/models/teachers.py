@@ -211,10 +211,8 @@ def white_box_onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes
     """The ONNX file converted to torch (``akd.models.onnx_torch``): differentiable, its path recorded."""
     from akd.models.onnx_torch import convert_onnx
 
-    runner = OnnxTeacher(path, skip_classes)  # the file's own input size, and a readable file checked first
-    if runner.input_size is not None:
-        preprocessing.input_size = runner.input_size
     conversion = convert_onnx(path, preprocessing.input_size)
+    preprocessing.input_size = conversion.input_size
     identity = {"name": Path(path).name, "kind": "onnx", "path": str(path), "sha256": sha256_file(path),
                 "skip_classes": skip_classes, "white_box": {
                     "converter": "onnx2torch", "softmax_cut": conversion.softmax_cut,
