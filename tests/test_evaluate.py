@@ -463,3 +463,24 @@ def test_evaluate_cli_full_report_with_masks(flat_folder, tmp_path, capsys):
     code = main([*common[:3], "--teacher", str(five), *common[5:], "--out", str(tmp_path / "r2")])
     err = capsys.readouterr().err
     assert code == 2 and "knows 10 classes but the target has 5" in err
+
+
+def test_black_box_target_lists_gradcam_as_not_run(tiny_net, flat_folder, tmp_path):
+    """An ONNX black box: RISE runs, Grad-CAM is reported as needing gradients (not dropped, not crashing); asked
+    for Grad-CAM alone, the run refuses with the reason."""
+    from akd.evaluation.report import EvalOptions, evaluate
+    from akd.models.teachers import load_teacher
+    from akd.util import AkdError
+
+    path = tmp_path / "tiny.onnx"
+    torch.onnx.export(tiny_net, torch.zeros(1, 3, 32, 32), str(path), input_names=["images"], dynamo=False,
+                      dynamic_axes={"images": {0: "batch"}})
+    teacher = load_teacher(str(path), preprocessing=Preprocessing(input_size=32))
+    report = evaluate(EvalOptions(models=[], data=str(flat_folder), out=str(tmp_path / "r"),
+                                  methods=("gradcam", "rise"), limit=2, rise_masks=50), teacher, progress=False)
+    assert report["methods"] == ["rise"]
+    assert report["not_run"] == {"gradcam": "needs gradients; tiny.onnx is a black box"}
+    assert "Not run: gradcam (needs gradients; tiny.onnx is a black box)." in (tmp_path / "r" / "report.md").read_text()
+    with pytest.raises(AkdError, match="nothing to evaluate: gradcam needs gradients"):
+        evaluate(EvalOptions(models=[], data=str(flat_folder), out=str(tmp_path / "r2"), methods=("gradcam",),
+                             limit=2), teacher, progress=False)

@@ -66,6 +66,15 @@ class SaliencyMethod(abc.ABC):
 
 METHOD_BUILDERS: Registry = Registry()  # --methods' table: (akd-evaluate's options, target) -> [SaliencyMethod]
 register_method = METHOD_BUILDERS.register
+GRADIENT_METHODS = frozenset({"gradcam"})  # they read the target's gradients: none for a black box
+
+
+def unavailable_methods(names, teacher: Teacher) -> dict[str, str]:
+    """The methods of ``names`` this target cannot run, each with the reason (the report lists them)."""
+    if teacher.module is not None:
+        return {}
+    reason = f"needs gradients; {teacher.identity.get('name', 'the target')} is a black box"
+    return {name: reason for name in names if name in GRADIENT_METHODS}
 
 
 def _require(module: str, method: str):

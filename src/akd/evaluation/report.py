@@ -21,7 +21,14 @@ import torch
 
 from akd import contract
 from akd.evaluation import metrics
-from akd.evaluation.methods import METHOD_BUILDERS, METHODS, EvalImage, SaliencyMethod, SavedMapsMethod
+from akd.evaluation.methods import (
+    METHOD_BUILDERS,
+    METHODS,
+    EvalImage,
+    SaliencyMethod,
+    SavedMapsMethod,
+    unavailable_methods,
+)
 from akd.models.teachers import Teacher
 from akd.util import IMAGE_EXTENSIONS, AkdError, atomic_path
 
@@ -109,8 +116,12 @@ def load_mask(masks: str, image: EvalImage, teacher: Teacher) -> np.ndarray | No
 def build_methods(options: EvalOptions, teacher: Teacher, stack: contextlib.ExitStack) -> list[SaliencyMethod]:
     """The methods ``options.methods`` names and the saved maps, each entered on ``stack`` so all are released
     however the run ends."""
-    built = [method for name in options.methods for method in METHOD_BUILDERS[name](options, teacher)]
+    unavailable = unavailable_methods(options.methods, teacher)
+    built = [method for name in options.methods if name not in unavailable
+             for method in METHOD_BUILDERS[name](options, teacher)]
     built += [SavedMapsMethod(label, paths) for label, paths in options.saved_maps.items()]
+    if not built:
+        raise AkdError(f"nothing to evaluate: {'; '.join(f'{k} {v}' for k, v in unavailable.items())}")
     return [stack.enter_context(method) for method in built]
 
 
@@ -236,6 +247,7 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
     report = _assemble(options, teacher, images, skipped, per_image, curves, inference, speed)
     report["machine"]["load_average_before"] = load_before
     report["machine"]["execution"] = executions
+    report["not_run"] = unavailable_methods(options.methods, teacher)
     write_report(report, options.out, images[:GRID_IMAGES], grid_maps)
     return report
 
@@ -338,6 +350,7 @@ def markdown(report: dict[str, Any]) -> str:
             lines.append(f"| {pair} ({cells['insertion']['count']}) | " + " | ".join(
                 f"{cells[k]['mean']:+.4f} [{cells[k]['ci95'][0]:+.4f}, {cells[k]['ci95'][1]:+.4f}]"
                 for k in ("insertion", "deletion", "intensity")) + " |")
+    lines += [f"\nNot run: {name} ({reason})." for name, reason in report.get("not_run", {}).items()]
     lines += ["", "Figures: `curves.png` (mean insertion/deletion curves), `overlays.png` (maps per method).", ""]
     return "\n".join(lines)
 
