@@ -34,7 +34,8 @@ def run_train(args: argparse.Namespace) -> int:
     from akd import api
 
     result = api.distill(
-        args.teacher, args.data, args.out, student=args.student, preprocessing=_teacher_preprocessing(args),
+        args.teacher, args.data, args.out, student=args.student, student_weights=args.student_weights,
+        preprocessing=_teacher_preprocessing(args),
         recipe=args.recipe, overrides=tuple(args.set), epochs=args.epochs, batch_size=args.batch_size,
         stages=tuple(s.strip() for s in args.stages.split(",") if s.strip()), val=args.val,
         weights=args.teacher_weights, skip_classes=args.teacher_skip_classes,

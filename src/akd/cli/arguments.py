@@ -59,8 +59,14 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
                         help="ImageFolder, flat folder, video, ImageNet-sample, CUB/Cars/Aircraft root, "
                              "or 'sample-photos' (scikit-image's photos)")
     parser.add_argument("--val", metavar="DIR", help="held-out data, evaluated after every epoch")
+    from akd.models.pretrained import PRETRAINED_STUDENTS
+
     parser.add_argument("--student", default="resnet50_cbam",
-                        help="resnet18_cbam | resnet34_cbam | resnet50_cbam | timm:NAME | same-as-teacher")
+                        help="resnet18_cbam | resnet34_cbam | resnet50_cbam | timm:NAME | same-as-teacher | "
+                             f"pretrained:NAME (ImageNet weights from a package: {', '.join(PRETRAINED_STUDENTS)})")
+    parser.add_argument("--student-weights", metavar="FILE",
+                        help="initial weights of a --student timm:NAME (.safetensors or a tensors-only .pth); a head "
+                             "for other classes than the target's is replaced and fitted to the target's logits")
     parser.add_argument("--stages", default="student,explainer",
                         help="comma-separated, run in order: student, explainer, joint (default: student,explainer)")
     parser.add_argument("--recipe", help="built-in recipe name or YAML/TOML file (default: paper-imagenet)")

@@ -152,9 +152,14 @@ class Student(nn.Module):
         the map's CAM term is Grad-CAM at the last tap, the same ranking for such a head."""
         return isinstance(self._classifier[0], nn.Linear) and self._pool_type == "avg"
 
-    def _linear_head(self, features: torch.Tensor) -> nn.Linear:
+    @property
+    def linear_classifier(self) -> nn.Linear:
+        """The linear classifier after global average pooling (CAM's weights, the head a new target refits)."""
+        return self._linear_head()
+
+    def _linear_head(self, features: torch.Tensor | None = None) -> nn.Linear:
         classifier = self._classifier[0]
-        if not (self.has_linear_head and features.shape[1] == classifier.in_features):
+        if not (self.has_linear_head and (features is None or features.shape[1] == classifier.in_features)):
             raise AkdError("this student does not end in global average pooling followed by a linear classifier, "
                            "so it has no class activation map (set explainer_cam: false)")
         return classifier

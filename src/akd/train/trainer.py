@@ -19,6 +19,7 @@ from tqdm import tqdm
 
 from akd.data.preprocessing import Preprocessing, SampleDataset, collate, transforms_for
 from akd.data.sources import data_summary, discover
+from akd.models.pretrained import pretrained_student
 from akd.models.surrogate import (
     TRAIN_STATE_PREFIX,
     Surrogate,
@@ -27,6 +28,7 @@ from akd.models.surrogate import (
 )
 from akd.models.teachers import Teacher, load_teacher, teacher_init_state
 from akd.train.distributed import all_reduce_sum, barrier, init_distributed, shard_indices
+from akd.train.head import fit_head
 from akd.train.recipes import STAGES, learning_rate
 from akd.train.step import LOSS_TERMS, DistillationStep, param_groups, set_trainable
 from akd.util import AkdError
@@ -35,7 +37,7 @@ log = logging.getLogger(__name__)
 
 LOG_COLUMNS = ["stage", "epoch", "lr", "train_loss", *(f"train_{term}" for term in LOSS_TERMS), "train_agreement",
                "val_agreement", "val_teacher_top1", "val_student_top1", "val_mean_saliency", "train_images",
-               "val_images", "skipped", "seconds"]
+               "val_images", "target_queries", "skipped", "seconds"]
 
 
 @dataclass
@@ -46,6 +48,7 @@ class TrainOptions:
     recipe: dict[str, Any]
     val: str | None = None
     student: str = "resnet50_cbam"
+    student_weights: str | None = None  # with student timm:NAME: its initial weights (akd.models.pretrained)
     stages: list[str] = field(default_factory=lambda: ["student", "explainer"])
     teacher_weights: str | None = None
     teacher_preprocessing: Preprocessing | None = None
@@ -101,18 +104,23 @@ class Trainer:
 
     def _build_surrogate(self) -> tuple[Surrogate, bool]:
         options, teacher = self.options, self.teacher
-        init_state = None
+        init_state, init, self.new_head = None, "scratch", False
         arch = options.student
         if arch == "same-as-teacher":
             arch, init_state = teacher_init_state(teacher)
+            init = "target"
             if not teacher.identity.get("init_state"):
                 log.warning("target has no trained weights; the student starts from its random weights")
+        elif arch.startswith("pretrained:") or options.student_weights:
+            pretrained = pretrained_student(arch, options.student_weights, teacher.num_classes)
+            arch, init_state, init, self.new_head = (pretrained.arch, pretrained.state, pretrained.origin,
+                                                     pretrained.new_head)
         classes = self.train_set.classes or teacher.class_names or [f"class_{i}" for i in
                                                                     range(teacher.num_classes)]
         identity = {k: v for k, v in teacher.identity.items() if k not in ("student", "init_state")}
         config = {
             "student": arch,
-            "student_init": "target" if init_state is not None else "scratch",
+            "student_init": init,
             "explainer_width": 128,
             "explainer_cam": bool(options.recipe["explainer_cam"]),
             "cam_score": options.recipe["cam_score"],
@@ -179,6 +187,11 @@ class Trainer:
                   f"data {data_summary(self.train_set)}, world size {env.world}, device {self.device}",
                   file=sys.stderr)
         completed, optim_state, progress = self._resume_point()
+        if self.new_head and not completed:
+            fitted = fit_head(self.surrogate.student, self.teacher, self.train_set.samples, self.device, options.seed)
+            if env.main:
+                print(f"akd-train: new classifier head fitted to the target's logits on {fitted} images",
+                      file=sys.stderr)
         dataset = SampleDataset(self.train_set.samples, transforms_for(self.teacher.preprocessing, True),
                                       options.seed)
         scaler = torch.amp.GradScaler("cuda", enabled=self.device.type == "cuda")
@@ -264,7 +277,9 @@ class Trainer:
         summed = dict(zip(keys, all_reduce_sum([totals[k] for k in keys], env, self.device), strict=True))
         seen = max(summed["seen"], 1.0)
         metrics = {f"train_{k}": summed[k] / seen for k in keys if k not in ("seen", "skipped")}
+        queries = all_reduce_sum([float(self.teacher.queries)], env, self.device)[0]
         metrics.update(train_agreement=summed.pop("agree") / seen, train_images=int(summed["seen"]),
+                       target_queries=int(queries),
                        skipped=int(summed["skipped"]), lr=lr, seconds=time.perf_counter() - started)
         metrics.pop("train_agree", None)
         if env.main:
