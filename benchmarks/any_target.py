@@ -5,9 +5,13 @@ selection (the split of ``distill_imagenet_sample.py``).
 - EfficientNet-Lite0 (white box): its own explanation vs the shipped surrogate vs Grad-CAM(bn2), one akd-evaluate
   run (paired intervals, images/s).
 - MobileNetV2, ``../shared/models/mobilenet_v2_1.0_224.onnx`` (a quantized TFLite graph, judged as the file
-  itself, a black box): its explanation through akd's ONNX-to-torch conversion vs RISE and LIME on subsets.
+  itself, a black box): its own explanation through akd's ONNX-to-torch conversion, and a surrogate distilled
+  from it as an opaque black box (``--student pretrained:efficientnet_lite0 --recipe blackbox`` on the training
+  split plus the three clips' frames; agreement, target queries and minutes from akd-train's log), beside RISE
+  and LIME on subsets.
 
-    python benchmarks/any_target.py [--limit 160] [--mobilenet-limit 48] [--rise 8] [--lime 8]
+    python benchmarks/any_target.py [--parts lite0,distill,mobilenet] [--limit 160] [--mobilenet-limit 48]
+        [--rise 8] [--lime 8]
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import argparse
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -32,8 +37,6 @@ def main() -> int:
     sys.path.insert(0, str(HERE))
     from distill_imagenet_sample import split
 
-    from akd.runtime.engine import default_model
-
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", default="runs/bench-any-target")
     parser.add_argument("--limit", type=int, default=160, help="held-out images for the Lite0 comparison")
@@ -41,13 +44,30 @@ def main() -> int:
     parser.add_argument("--rise", type=int, default=8, help="images RISE explains (about 1 minute each)")
     parser.add_argument("--lime", type=int, default=8, help="images LIME explains")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--parts", default="lite0,distill,mobilenet", help="comma-separated parts to run")
     args = parser.parse_args()
     if not MOBILENET.is_file():
         print(f"needs {MOBILENET} and {SHARED / 'data' / 'imagenet-sample'}", file=sys.stderr)
         return 2
     work = Path(args.work)
-    _, _, heldout = split(SHARED / "data" / "imagenet-sample", work / "split")
+    train, val, heldout = split(SHARED / "data" / "imagenet-sample", work / "split")
     common = ["--data", heldout, "--threads", args.threads, "--no-progress"]
+    parts = set(args.parts.split(","))
+    if "lite0" in parts:
+        lite0(work, heldout, args, common)
+    distilled = work / "mobilenet_v2.distilled.onnx"
+    if "distill" in parts:
+        distill(work, train, val, heldout, distilled)
+    if "mobilenet" in parts:
+        mobilenet(work, heldout, args, common, distilled)
+    for name in ("lite0", "mobilenet"):
+        if (work / name / "report.md").is_file():
+            print(f"\n## {name}\n" + (work / name / "report.md").read_text())
+    return 0
+
+
+def lite0(work: Path, heldout: Path, args, common: list) -> None:
+    from akd.runtime.engine import default_model
 
     lite0_own, surrogate = work / "lite0.explained.onnx", work / "surrogate.onnx"
     run("akd-export", "--target", "efficientnet_lite0", "--out", lite0_own, "--force", "--parity-data", heldout)
@@ -56,15 +76,30 @@ def main() -> int:
         "--methods", "akd,gradcam", "--gradcam-layer", "bn2", "--limit", args.limit, *common,
         "--out", work / "lite0")
 
-    mobilenet_own = work / "mobilenet_v2.explained.onnx"
-    run("akd-export", "--target", MOBILENET, *MOBILENET_ARGS, "--out", mobilenet_own, "--force",
-        "--parity-data", heldout)
-    run("akd-evaluate", "--model", mobilenet_own, "--target", MOBILENET, *MOBILENET_ARGS,
+
+def distill(work: Path, train: Path, val: Path, heldout: Path, distilled: Path) -> None:
+    """The opaque MobileNetV2 distilled into a pretrained Lite0 student on the training images and the clips."""
+    data = work / "distill-data"
+    data.mkdir(parents=True, exist_ok=True)
+    for source in [*train.iterdir(), *(SHARED / "data" / "videos").glob("*.mp4")]:
+        link = data / source.name
+        if not link.exists():
+            link.symlink_to(source.resolve())
+    checkpoint = work / "mobilenet_v2.distilled.safetensors"
+    started = time.perf_counter()
+    run("akd-train", "--target", MOBILENET, *MOBILENET_ARGS, "--student", "pretrained:efficientnet_lite0",
+        "--recipe", "blackbox", "--data", data, "--val", val, "--no-progress", "--out", checkpoint)
+    print(f"distillation: {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    run("akd-export", checkpoint, "--out", distilled, "--force", "--parity-data", heldout)
+
+
+def mobilenet(work: Path, heldout: Path, args, common: list, distilled: Path) -> None:
+    own = work / "mobilenet_v2.explained.onnx"
+    run("akd-export", "--target", MOBILENET, *MOBILENET_ARGS, "--out", own, "--force", "--parity-data", heldout)
+    models = ["--model", own] + (["--model", distilled] if distilled.is_file() else [])
+    run("akd-evaluate", *models, "--target", MOBILENET, *MOBILENET_ARGS,
         "--methods", "akd,rise,lime", "--subset", f"rise={args.rise}", "--subset", f"lime={args.lime}",
         "--limit", args.mobilenet_limit, *common, "--out", work / "mobilenet")
-    for name in ("lite0", "mobilenet"):
-        print(f"\n## {name}\n" + (work / name / "report.md").read_text())
-    return 0
 
 
 if __name__ == "__main__":

@@ -81,7 +81,6 @@ def efficientnet_lite0() -> Teacher:
 
 
 def _library_teacher(library: str, name: str, weights: str | None) -> Teacher:
-    from akd.data.imagenet import imagenet_class_names
 
     if library == "torchvision":
         import torchvision
@@ -111,8 +110,7 @@ def _library_teacher(library: str, name: str, weights: str | None) -> Teacher:
     identity = {"name": f"{library}:{name}", "kind": library, "weights": weights,
                 "sha256": _hash_or_none(weights), "student": student, "init_state": bool(weights)}
     teacher = _module_teacher(module, preprocessing, identity)
-    if teacher.num_classes == 1000:
-        teacher.class_names = list(imagenet_class_names())
+    teacher.class_names = _imagenet_names_if_1000(teacher.num_classes)
     return teacher
 
 
@@ -186,11 +184,15 @@ def white_box_onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes
                     "fake_quantized": conversion.fake_quantized, "max_difference": conversion.max_difference,
                     "onnxruntime_spread": conversion.onnxruntime_spread}}
     teacher = _module_teacher(SkipClasses(conversion.module, skip_classes), preprocessing, identity)
-    if teacher.num_classes == 1000:
-        from akd.data.imagenet import imagenet_class_names
-
-        teacher.class_names = list(imagenet_class_names())
+    teacher.class_names = _imagenet_names_if_1000(teacher.num_classes)
     return teacher
+
+
+def _imagenet_names_if_1000(num_classes: int) -> list[str] | None:
+    """A target's class names when it has ImageNet's 1000 outputs (after skipped ones), else unknown."""
+    from akd.data.imagenet import imagenet_class_names
+
+    return list(imagenet_class_names()) if num_classes == 1000 else None
 
 
 def onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes: int = 0) -> Teacher:
@@ -201,7 +203,8 @@ def onnx_teacher(path: str, preprocessing: Preprocessing, skip_classes: int = 0)
     num_classes = runner(probe).shape[-1]
     identity = {"name": Path(path).name, "kind": "onnx", "path": str(path), "sha256": sha256_file(path),
                 "skip_classes": skip_classes}
-    return Teacher(runner, num_classes, preprocessing, identity, differentiable=False)
+    return Teacher(runner, num_classes, preprocessing, identity, differentiable=False,
+                   class_names=_imagenet_names_if_1000(num_classes))
 
 
 def target_kind(spec: str) -> str:
