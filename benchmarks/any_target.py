@@ -2,8 +2,9 @@
 surrogate and the baselines, on held-out images of ``../shared/data/imagenet-sample`` never used for training or
 selection (the split of ``distill_imagenet_sample.py``).
 
-- EfficientNet-Lite0 (white box): its own explanation vs the shipped surrogate vs Grad-CAM(bn2), one akd-evaluate
-  run (paired intervals, images/s).
+- EfficientNet-Lite0 (white box): its own explanation vs the shipped surrogate vs Grad-CAM(bn2) vs OpenVINO-XAI's
+  ReciproCAM (inserted into the model's graph, run by OpenVINO on the same CPU, in its own environment), one
+  akd-evaluate run (paired intervals, images/s).
 - MobileNetV2, ``../shared/models/mobilenet_v2_1.0_224.onnx`` (a quantized TFLite graph, judged as the file
   itself, a black box): its own explanation through akd's ONNX-to-torch conversion, and a surrogate distilled
   from it as an opaque black box (``--student pretrained:efficientnet_lite0 --recipe blackbox`` on the training
@@ -66,15 +67,38 @@ def main() -> int:
     return 0
 
 
+def reciprocam_maps(work: Path, heldout: Path, limit: int) -> Path:
+    """OpenVINO-XAI's ReciproCAM of Lite0 on akd-evaluate's own images (same seed and limit), made in its own
+    environment (scripts/openvino_xai_env.sh) by openvino_xai_maps.py."""
+    import numpy as np
+    import torch
+
+    from akd.evaluation.report import load_images
+    from akd.models.teachers import load_teacher
+
+    run("bash", HERE.parent / "scripts" / "openvino_xai_env.sh")
+    teacher = load_teacher("efficientnet_lite0")
+    images, _ = load_images(teacher, str(heldout), limit, seed=0)
+    model, pixels, maps = work / "lite0.target.onnx", work / "lite0.images.npz", work / "lite0.reciprocam.npz"
+    torch.onnx.export(teacher.module, torch.zeros(1, 3, 224, 224), str(model), input_names=["images"],
+                      output_names=["logits"], dynamo=False, opset_version=17)
+    np.savez(pixels, names=np.array([image.name for image in images]), pixels=np.stack([i.pixels for i in images]),
+             class_ids=np.array([image.class_id for image in images]),
+             mean=np.array(teacher.preprocessing.mean), std=np.array(teacher.preprocessing.std))
+    run(HERE.parent / ".venv-ovxai" / "bin" / "python", HERE / "openvino_xai_maps.py", model, pixels, maps)
+    return maps
+
+
 def lite0(work: Path, heldout: Path, args, common: list) -> None:
     from akd.runtime.engine import default_model
 
     lite0_own, surrogate = work / "lite0.explained.onnx", work / "surrogate.onnx"
     run("akd-export", "--target", "efficientnet_lite0", "--out", lite0_own, "--force", "--parity-data", heldout)
     run("akd-export", default_model(), "--out", surrogate, "--force", "--parity-data", heldout)
+    maps = reciprocam_maps(work, heldout, args.limit)
     run("akd-evaluate", "--model", lite0_own, "--model", surrogate, "--target", "efficientnet_lite0",
-        "--methods", "akd,gradcam", "--gradcam-layer", "bn2", "--limit", args.limit, *common,
-        "--out", work / "lite0")
+        "--methods", "akd,gradcam", "--gradcam-layer", "bn2", "--maps", f"reciprocam={maps}",
+        "--limit", args.limit, *common, "--out", work / "lite0")
 
 
 def distill(work: Path, train: Path, val: Path, heldout: Path, distilled: Path) -> None:
