@@ -52,7 +52,7 @@ def test_export_from_memory_explain_and_evaluate(distilled, tiny_net, imagefolde
 
 
 def test_api_errors_name_the_problem(tiny_net, distilled, tmp_path):
-    with pytest.raises(AkdError, match="expected an nn.Module or a spec string, got int"):
+    with pytest.raises(AkdError, match="expected a spec string, an nn.Module or a callable, got int"):
         akd.distill(3, "data", str(tmp_path / "x.safetensors"))
     with pytest.raises(AkdError, match="must be a .safetensors file"):
         akd.distill(tiny_net, "data", str(tmp_path / "x.pt"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -96,3 +97,47 @@ def test_distillation_from_a_pretrained_student_counts_its_queries(tiny_net, ima
     assert config["student"] == "timm:tf_efficientnet_lite0"
     assert config["student_init"]["pretrained"] == "efficientnet_lite0" and config["student_init"]["new_head"]
     assert metrics["target_queries"] == 16 + 16  # the head's fit, then one epoch of 16 images
+
+
+def test_callable_targets_with_probabilities_or_top_k_answers(tiny_net):
+    from akd.models.teachers import teacher_from_callable, top_k_logits
+
+    def probabilities(images):
+        with torch.no_grad():
+            return torch.softmax(tiny_net(torch.from_numpy(images)), dim=1).numpy()
+
+    teacher = teacher_from_callable(probabilities, Preprocessing(input_size=SIZE))
+    images = torch.randn(5, 3, SIZE, SIZE)
+    assert teacher.num_classes == NUM_CLASSES and not teacher.differentiable
+    torch.testing.assert_close(torch.softmax(teacher(images), 1), torch.softmax(tiny_net(images), 1).detach())
+
+    def top2(images):
+        order = (-probabilities(images)).argsort(axis=1)[:, :2]
+        return order, np.take_along_axis(probabilities(images), order, axis=1)
+
+    answered = teacher_from_callable(top2, Preprocessing(input_size=SIZE), num_classes=NUM_CLASSES)
+    probs = torch.softmax(answered(images), 1)
+    full = torch.softmax(tiny_net(images), 1).detach()
+    assert probs.argmax(1).tolist() == full.argmax(1).tolist()
+    top = full.topk(2, dim=1)
+    torch.testing.assert_close(probs.gather(1, top.indices), top.values, atol=1e-6, rtol=1e-5)
+    rest = (1 - top.values.sum(1)) / (NUM_CLASSES - 2)  # what is left, spread over the classes not named
+    others = probs.scatter(1, top.indices, 0).sum(1) / (NUM_CLASSES - 2)
+    torch.testing.assert_close(others, rest, atol=1e-6, rtol=1e-5)
+    with pytest.raises(AkdError, match="top-k answer needs"):
+        top_k_logits(np.array([[0, 9]]), np.array([[0.5, 0.2]]), NUM_CLASSES)
+
+
+def test_distil_a_function_behind_an_api(tiny_net, imagefolder, tmp_path):
+    from akd import api
+
+    def top1(images):  # an API that names one class and its score
+        with torch.no_grad():
+            best = torch.softmax(tiny_net(torch.from_numpy(images)), dim=1).max(dim=1)
+        return best.indices.numpy()[:, None], best.values.numpy()[:, None]
+
+    result = api.distill(top1, str(imagefolder), str(tmp_path / "api.safetensors"), student="resnet18_cbam",
+                         recipe="paper-imagenet", epochs=1, batch_size=8, stages=("student",), num_classes=NUM_CLASSES,
+                         preprocessing=Preprocessing(input_size=SIZE), progress=False)
+    assert result.surrogate.config["target"]["kind"] == "callable"
+    assert result.metrics["target_queries"] == 16

@@ -29,16 +29,20 @@ class Distilled(NamedTuple):
 
 
 def _teacher(target, preprocessing=None, weights: str | None = None, skip_classes: int = 0,
-             white_box: bool = False):
+             white_box: bool = False, num_classes: int | None = None):
+    """A target from a spec string, an ``nn.Module`` or any other callable (a black box: a model behind an API,
+    ``akd.models.teachers.CallableTarget``; ``num_classes`` for one that answers top-k)."""
     from torch import nn
 
-    from akd.models.teachers import load_teacher, teacher_from_module
+    from akd.models.teachers import load_teacher, teacher_from_callable, teacher_from_module
 
     if isinstance(target, nn.Module):
         return teacher_from_module(target, preprocessing)
     if isinstance(target, str):
         return load_teacher(target, weights, preprocessing, skip_classes, white_box)
-    raise AkdError(f"target: expected an nn.Module or a spec string, got {type(target).__name__}")
+    if callable(target):
+        return teacher_from_callable(target, preprocessing, num_classes)
+    raise AkdError(f"target: expected a spec string, an nn.Module or a callable, got {type(target).__name__}")
 
 
 def _target_label(target, out: str | None) -> str:
@@ -60,11 +64,13 @@ def _target_surrogate(target, preprocessing, weights: str | None, skip_classes: 
 def distill(target, data: str, out: str, *, student: str = "resnet50_cbam", preprocessing=None,
             recipe: str | dict | None = None, overrides: tuple[str, ...] = (), epochs: int | None = None,
             batch_size: int | None = None, stages: tuple[str, ...] = ("student", "explainer"), val: str | None = None,
-            weights: str | None = None, skip_classes: int = 0, command: str = "", **options: Any) -> Distilled:
+            weights: str | None = None, skip_classes: int = 0, num_classes: int | None = None, command: str = "",
+            **options: Any) -> Distilled:
     """Distil ``target`` on the images under ``data`` into an attentive surrogate saved at ``out`` (.safetensors);
-    returns it, loaded, with the training metrics. ``recipe``: a built-in name, a file or a dict; ``overrides``:
-    ``KEY=VALUE`` strings; ``options``: the remaining ``TrainOptions`` (image_size, resume, seed, workers, device,
-    aircraft_level, video_stride, progress)."""
+    returns it, loaded, with the training metrics. ``target``: a spec, an ``nn.Module`` or a function (a black
+    box; ``num_classes`` when it answers with its top k classes only). ``recipe``: a built-in name, a file or a
+    dict; ``overrides``: ``KEY=VALUE`` strings; ``options``: the remaining ``TrainOptions`` (image_size, resume,
+    seed, workers, device, aircraft_level, video_stride, progress)."""
     from akd.models.surrogate import load_surrogate
     from akd.train.recipes import apply_overrides, load_recipe
     from akd.train.trainer import TrainOptions, train
@@ -73,7 +79,7 @@ def distill(target, data: str, out: str, *, student: str = "resnet50_cbam", prep
         raise AkdError(f"--out {out}: the surrogate checkpoint must be a .safetensors file")
     check_writable(out)
     loaded = recipe if isinstance(recipe, dict) else load_recipe(recipe)
-    teacher = _teacher(target, preprocessing, weights, skip_classes)
+    teacher = _teacher(target, preprocessing, weights, skip_classes, num_classes=num_classes)
     recipe_values = apply_overrides(loaded, list(overrides), epochs, batch_size)
     metrics = train(TrainOptions(
         teacher=teacher, data=data, out=str(out), recipe=recipe_values, val=val, student=student, stages=list(stages),

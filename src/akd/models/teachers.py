@@ -126,9 +126,8 @@ def torchscript_teacher(path: str, preprocessing: Preprocessing) -> Teacher:
 class OnnxTeacher:
     """An ONNX classifier run through onnxruntime, outside autograd (a black box: only outputs are seen).
 
-    Probability outputs (rows in [0,1] summing to 1) are turned into log-probabilities, which are logits up to
-    a constant and so give the same softmax. Models with a fixed batch dimension of 1 are run image by image.
-    ``skip_classes`` drops leading outputs such as a TF-slim "background" class.
+    Probability outputs become log-probabilities (``as_logits``). Models with a fixed batch dimension of 1 are run
+    image by image. ``skip_classes`` drops leading outputs such as a TF-slim "background" class.
     """
 
     def __init__(self, path: str, skip_classes: int = 0):
@@ -154,10 +153,66 @@ class OnnxTeacher:
                                       for i in range(len(array))])
         else:
             outputs = self.session.run(None, {self.input_name: array})[0]
-        outputs = outputs.reshape(len(array), -1)[:, self.skip_classes:].astype(np.float32)
-        if outputs.min() >= 0 and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
-            outputs = np.log(np.clip(outputs, 1e-12, None))
-        return torch.from_numpy(outputs).to(images.device)
+        outputs = outputs.reshape(len(array), -1)[:, self.skip_classes:]
+        return torch.from_numpy(as_logits(outputs)).to(images.device)
+
+
+PROBABILITY_FLOOR = 1e-12  # log of a zero probability: a finite logit far below any other
+
+
+def as_logits(outputs: np.ndarray) -> np.ndarray:
+    """Logits as they are; probability rows (in [0, 1], summing to 1) as log-probabilities - logits up to a
+    constant per row, so the same softmax."""
+    outputs = np.asarray(outputs, dtype=np.float32)
+    if outputs.min() >= 0 and np.allclose(outputs.sum(axis=1), 1.0, atol=1e-3):
+        return np.log(np.clip(outputs, PROBABILITY_FLOOR, None))
+    return outputs
+
+
+def top_k_logits(indices: np.ndarray, scores: np.ndarray, num_classes: int) -> np.ndarray:
+    """An answer naming only its top k classes and their probabilities, as log-probabilities over every class:
+    the probability left over spread evenly over the classes not named (the most a top-k answer says)."""
+    indices, scores = np.asarray(indices, dtype=np.int64), np.asarray(scores, dtype=np.float64)
+    if indices.shape != scores.shape or indices.ndim != 2 or indices.min() < 0 or indices.max() >= num_classes:
+        raise AkdError(f"a top-k answer needs (N, k) class indices in [0, {num_classes}) and (N, k) scores, got "
+                       f"{indices.shape} and {scores.shape}")
+    rest = np.clip(1.0 - scores.sum(axis=1, keepdims=True), 0.0, None) / max(num_classes - indices.shape[1], 1)
+    probabilities = np.repeat(rest, num_classes, axis=1)
+    np.put_along_axis(probabilities, indices, scores, axis=1)
+    return np.log(np.clip(probabilities, PROBABILITY_FLOOR, None)).astype(np.float32)
+
+
+class CallableTarget:
+    """A Python function as a black-box target (a model behind an API): ``fn(images)`` gets the normalised batch
+    as float32 numpy (N, 3, H, W) and returns logits or probabilities (N, C), or a top-k answer
+    ``(indices, scores)`` of shape (N, k) each, which needs ``num_classes``."""
+
+    def __init__(self, fn, num_classes: int | None):
+        self.fn, self.num_classes = fn, num_classes
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        answer = self.fn(images.detach().float().cpu().numpy())
+        if isinstance(answer, tuple):
+            if self.num_classes is None:
+                raise AkdError("a target answering with its top k classes needs num_classes")
+            logits = top_k_logits(*answer, self.num_classes)
+        else:
+            logits = as_logits(np.asarray(answer).reshape(len(images), -1))
+        return torch.from_numpy(logits).to(images.device)
+
+
+def teacher_from_callable(fn, preprocessing: Preprocessing | None = None, num_classes: int | None = None,
+                          name: str | None = None) -> Teacher:
+    """A target behind a function (see ``CallableTarget``), for the Python API; its class count is read from one
+    probe answer unless it answers top-k."""
+    preprocessing = preprocessing or Preprocessing()
+    runner = CallableTarget(fn, num_classes)
+    size = preprocessing.input_size
+    classes = num_classes or runner(torch.zeros(1, 3, size, size)).shape[-1]
+    identity = {"name": name or getattr(fn, "__name__", "callable"), "kind": "callable",
+                "preprocessing": preprocessing.to_config()}
+    return Teacher(runner, classes, preprocessing, identity, differentiable=False,
+                   class_names=_imagenet_names_if_1000(classes))
 
 
 class SkipClasses(nn.Module):
