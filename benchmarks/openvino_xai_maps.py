@@ -56,8 +56,9 @@ def main() -> int:
         maps.append(cv2.resize(chosen.astype(np.float32), pixels.shape[2:0:-1], interpolation=cv2.INTER_LINEAR))
     np.savez(args.out, names=names, class_ids=class_ids, maps=np.stack(maps), seconds=np.asarray(seconds))
     precision = compiled.get_property("INFERENCE_PRECISION_HINT")
-    print(f"openvino_xai_maps: {args.method} ({precision}) on {len(maps)} images, median {np.median(seconds) * 1e3:.2f} ms "
-          f"({1 / np.median(seconds):.1f} images/s) -> {args.out}")
+    median = float(np.median(seconds))
+    print(f"openvino_xai_maps: {args.method} ({precision}) on {len(maps)} images, median {median * 1e3:.2f} ms "
+          f"({1 / median:.1f} images/s) -> {args.out}")
     return 0
 
 
