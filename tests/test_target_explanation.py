@@ -212,3 +212,23 @@ def test_shared_quantized_mobilenet_explained(tmp_path, capsys):
     saliency, _, class_id, _ = session.run(None, {contract.INPUT: images.numpy()})
     assert class_id.tolist() == expected
     assert all(float(saliency[i].std()) > 0.01 for i in range(len(names)))
+
+
+def test_target_explanation_through_int8_and_triton(tmp_path, small_cnn, flat_folder):
+    """A target's explanation takes the surrogate's other paths: INT8 calibrated on given images (its drift
+    reported), and a Triton repository whose config matches the graph."""
+    from akd.deploy.serving import validate_triton_config
+
+    reports: list[dict] = []
+    written = api.export(target=small_cnn, out=str(tmp_path / "own.int8.onnx"), preprocessing=Preprocessing(SIZE),
+                         precision="int8", calib_data=str(flat_folder), num_images=8, max_drift=1.0,
+                         on_report=reports.append)
+    assert written == [tmp_path / "own.int8.onnx"]
+    assert reports and "drift" in reports[0]["int8"]["drift"]
+    model = onnx.load(str(written[0]))
+    assert any(node.op_type == "QuantizeLinear" for node in model.graph.node)
+    repo = tmp_path / "repo"
+    written = api.export(target=small_cnn, out=str(repo), preprocessing=Preprocessing(SIZE), format="triton")
+    config = (repo / "akd_surrogate" / "config.pbtxt").read_text()
+    validate_triton_config(config)
+    assert (repo / "akd_surrogate" / "1" / "model.onnx").is_file() and "max_batch_size: 32" in config
