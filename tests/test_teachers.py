@@ -94,3 +94,30 @@ def test_shared_mobilenet_onnx_black_box():
     assert teacher(images).argmax(1).tolist() == [1, 0]
 
 
+
+
+def test_softmax_output_with_a_skipped_class_stays_probabilities(tmp_path, tiny_net):
+    """A graph ending in Softmax gives probabilities even when its rows no longer sum to 1 - after a skipped
+    'background' class, or quantized: the others are renormalised, not taken for logits."""
+    path = tmp_path / "soft.onnx"
+    _export_onnx(tiny_net, path, dynamic=True, softmax=True)
+    teacher = load_teacher(str(path), preprocessing=Preprocessing(input_size=SIZE), skip_classes=1)
+    images = torch.randn(4, 3, SIZE, SIZE)
+    full = torch.softmax(tiny_net(images), dim=1).detach()
+    expected = full[:, 1:] / full[:, 1:].sum(dim=1, keepdim=True)
+    torch.testing.assert_close(torch.softmax(teacher(images), dim=1), expected, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.skipif(not MOBILENET_ONNX.is_file(), reason="needs ../shared/models/mobilenet_v2_1.0_224.onnx")
+def test_quantized_softmax_rows_are_probabilities():
+    import numpy as np
+    import onnxruntime as ort
+
+    teacher = load_teacher(str(MOBILENET_ONNX), preprocessing=Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3),
+                           skip_classes=1)
+    images = torch.randn(2, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    session = ort.InferenceSession(str(MOBILENET_ONNX), providers=["CPUExecutionProvider"])
+    raw = np.concatenate([session.run(None, {"input": images[i:i + 1].numpy()})[0] for i in range(2)])
+    assert not np.allclose(raw.sum(axis=1), 1.0, atol=1e-3)  # the file's quantized rows
+    kept = raw[:, 1:] / raw[:, 1:].sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(torch.softmax(teacher(images), dim=1).numpy(), kept, atol=1e-6)

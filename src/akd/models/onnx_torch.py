@@ -107,19 +107,29 @@ def _producers(model) -> dict[str, object]:
     return {output: node for node in model.graph.node for output in node.output}
 
 
-def _logits_output(model) -> tuple[str, bool]:
-    """The tensor to differentiate: the input of a final Softmax/LogSoftmax (reached back from the graph's output
-    through quantize/dequantize and reshapes), else the output itself."""
-    producers, name = _producers(model), model.graph.output[0].name
-    current = name
+def _final_softmax(model):
+    """The Softmax/LogSoftmax node the graph's output comes from (through quantize/dequantize and reshapes)."""
+    producers, current = _producers(model), model.graph.output[0].name
     while current in producers:
         node = producers[current]
         if node.op_type in ("Softmax", "LogSoftmax"):
-            return node.input[0], True
+            return node
         if node.op_type not in PASS_THROUGH:
             break
         current = node.input[0]
-    return name, False
+    return None
+
+
+def _logits_output(model) -> tuple[str, bool]:
+    """The tensor to differentiate: the input of a final Softmax/LogSoftmax, else the output itself."""
+    final = _final_softmax(model)
+    return (final.input[0], True) if final is not None else (model.graph.output[0].name, False)
+
+
+def softmax_output(model) -> bool:
+    """Whether the graph's output is a Softmax's: probabilities, whatever its rows sum to."""
+    final = _final_softmax(model)
+    return final is not None and final.op_type == "Softmax"
 
 
 def _constants(model) -> dict[str, np.ndarray]:
