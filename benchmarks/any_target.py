@@ -106,7 +106,7 @@ def distill(work: Path, train: Path, val: Path, heldout: Path, distilled: Path) 
     data = work / "distill-data"
     data.mkdir(parents=True, exist_ok=True)
     for source in [*train.iterdir(), *(SHARED / "data" / "videos").glob("*.mp4")]:
-        link = data / source.name
+        link = data / f"frame_{source.name}"  # a flat folder of unlabeled images and clips, not the sample layout
         if not link.exists():
             link.symlink_to(source.resolve())
     checkpoint = work / "mobilenet_v2.distilled.safetensors"
