@@ -117,10 +117,42 @@ def distill(work: Path, train: Path, val: Path, heldout: Path, distilled: Path) 
     run("akd-export", checkpoint, "--out", distilled, "--force", "--parity-data", heldout)
 
 
+def agreement(work: Path, heldout: Path, graphs: list[Path]) -> None:
+    """Top-1 agreement with the black box on the held-out images: the pretrained student before distillation and
+    each exported graph's class_id."""
+    import numpy as np
+    import onnxruntime as ort
+    import torch
+
+    from akd.data.preprocessing import Preprocessing, SampleDataset, transforms_for
+    from akd.data.sources import discover
+    from akd.models.pretrained import pretrained_student
+    from akd.models.students import build_student
+    from akd.models.teachers import load_teacher
+
+    target = load_teacher(str(MOBILENET), preprocessing=Preprocessing(mean=(0.5,) * 3, std=(0.5,) * 3),
+                          skip_classes=1)
+    dataset = SampleDataset(discover(str(heldout), "test").samples, transforms_for(target.preprocessing, False))
+    images = torch.stack([dataset[i][0] for i in range(len(dataset))])
+    with torch.no_grad():
+        wanted = target(images).argmax(1).numpy()
+        start = pretrained_student("pretrained:efficientnet_lite0", None, 1000)
+        student = build_student(start.arch, 1000, start.state).eval()
+        before = torch.cat([student(chunk).logits for chunk in images.split(16)]).argmax(1).numpy()
+    print(f"agreement on {len(images)} held-out images: pretrained student before distillation "
+          f"{(before == wanted).mean():.4f}")
+    for graph in graphs:
+        session = ort.InferenceSession(str(graph), providers=["CPUExecutionProvider"])
+        classes = np.concatenate([session.run(["class_id"], {"images": chunk.numpy()})[0]
+                                  for chunk in images.split(8)])
+        print(f"agreement on {len(images)} held-out images: {graph.name} {(classes == wanted).mean():.4f}")
+
+
 def mobilenet(work: Path, heldout: Path, args, common: list, distilled: Path) -> None:
     own = work / "mobilenet_v2.explained.onnx"
     run("akd-export", "--target", MOBILENET, *MOBILENET_ARGS, "--out", own, "--force", "--parity-data", heldout)
     models = ["--model", own] + (["--model", distilled] if distilled.is_file() else [])
+    agreement(work, heldout, [Path(model) for model in models[1::2]])
     run("akd-evaluate", *models, "--target", MOBILENET, *MOBILENET_ARGS,
         "--methods", "akd,rise,lime", "--subset", f"rise={args.rise}", "--subset", f"lime={args.lime}",
         "--limit", args.mobilenet_limit, *common, "--out", work / "mobilenet")
