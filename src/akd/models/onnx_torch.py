@@ -6,11 +6,11 @@ it) is cut, so the module returns the logits a gradient map needs; quantize -> d
 weights are folded into the float weights they stand for; on activations each pair becomes one fake-quantization
 node whose gradient passes straight through (rounding's own gradient is zero everywhere, which would leave no
 map); a Reshape to a constant shape becomes a static one, which the exporter's tracing can follow. The module is
-then checked against onnxruntime running the same cut graph with its graph optimisations
-off - the operations as written - and refused beyond ``CONVERSION_TOLERANCE`` plus the spread between
-onnxruntime's own optimised and unoptimised runs: a float graph converts within about 1e-6, while in a quantized
-one float rounding moves activations across quantization levels, and onnxruntime's fused integer kernels move the
-logits by whole output levels themselves (docs/BENCHMARKS.md, "Targets as users have them").
+then checked against onnxruntime running the same cut graph with its graph optimisations off - the operations
+as written - and refused beyond ``CONVERSION_TOLERANCE`` plus the spread between onnxruntime's own optimised and
+unoptimised runs: in a quantized graph float rounding moves activations across quantization levels, and
+onnxruntime's fused integer kernels move the logits by whole output levels themselves (docs/BENCHMARKS.md,
+"Targets as users have them").
 """
 
 from __future__ import annotations

@@ -81,7 +81,6 @@ def efficientnet_lite0() -> Teacher:
 
 
 def _library_teacher(library: str, name: str, weights: str | None) -> Teacher:
-
     if library == "torchvision":
         import torchvision
 
@@ -127,7 +126,7 @@ class OnnxTeacher:
     """An ONNX classifier run through onnxruntime, outside autograd (a black box: only outputs are seen).
 
     Probability outputs become log-probabilities (``as_logits``); a graph whose output comes from a Softmax gives
-    probabilities whatever its rows sum to (a quantized softmax's rows do not sum to 1: 0.72 measured on noise).
+    probabilities whatever its rows sum to (a quantized softmax's rows do not sum to 1).
     Models with a fixed batch dimension of 1 are run image by image. ``skip_classes`` drops leading outputs such
     as a TF-slim "background" class, after the conversion (the others' softmax renormalises without it).
     """
