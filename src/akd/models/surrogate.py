@@ -29,7 +29,8 @@ class Surrogate(nn.Module):
         the config's architecture."""
         super().__init__()
         self.config = config
-        self.student: Student = student or build_student(config["student"], len(config["classes"]), init_state)
+        self.student: Student = (student if student is not None
+                                 else build_student(config["student"], len(config["classes"]), init_state))
         self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128),
                                    config.get("explainer_cam", False), layercam_weights(config))
 
