@@ -21,4 +21,10 @@ rm -rf "$out"
 $env/bin/akd-explain examples/bottles.mp4 --model "$out/surrogate.onnx" --out "$out/explain" --no-progress
 $env/bin/akd-profile "$out/surrogate.onnx" --batch 1 --iters 5 --json "$out/profile.json"
 test -s "$out/explain/bottles.overlay.mp4"
+printf 'not an engine' > "$out/surrogate.engine"  # an engine reaches the TensorRT runner's own message
+if message=$($env/bin/akd-profile "$out/surrogate.engine" --batch 1 --iters 1 2>&1) \
+        || ! grep -q "TensorRT is not installed" <<< "$message"; then
+    echo "runtime_only_check: loading an engine in $env did not end in the TensorRT install hint: $message" >&2
+    exit 1
+fi
 echo "runtime_only_check: $env (no torch) explained examples/bottles.mp4 -> $out/explain/bottles.overlay.mp4"

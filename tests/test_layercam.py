@@ -13,7 +13,8 @@ import torch
 from torch import nn
 
 from akd.deploy.gradients import without_autograd
-from akd.deploy.graph import DeployableSurrogate, export_onnx
+from akd.deploy.graph import export_onnx
+from akd.models.deployable import DeployableSurrogate
 from akd.models.explainer import Explainer
 from akd.models.surrogate import Surrogate, cam_class_weights, layercam_maps
 

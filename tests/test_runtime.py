@@ -500,6 +500,15 @@ def test_runtime_cli_runs_without_the_training_stack(exported, tmp_path):
     default = subprocess.run([*run, "explain", str(frame), "--out", str(tmp_path / "o2")], capture_output=True,
                              text=True, env=env, timeout=300)
     assert default.returncode == 2 and "pip install 'akd[train]'" in default.stderr
+    engine = tmp_path / "surrogate.engine"
+    engine.write_bytes(b"not an engine")
+    loaded = subprocess.run([*run, "profile", str(engine), "--batch", "1", "--iters", "1"], capture_output=True,
+                            text=True, env=env, timeout=300)
+    assert loaded.returncode == 2 and "TensorRT is not installed" in loaded.stderr, loaded.stderr
+    probe = ("from akd.runtime.backends.tensorrt import cuda_device\nfrom akd.util import AkdError\n"
+             "try:\n    cuda_device()\nexcept AkdError as exc:\n    print('AkdError:', exc)")
+    device = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env, timeout=60)
+    assert device.returncode == 0 and device.stdout.startswith("AkdError:"), device.stderr  # no torch needed
     blocked = subprocess.run([sys.executable, "-c", "import torch"], capture_output=True, env=env, timeout=60)
     assert blocked.returncode != 0  # the poison really works
 

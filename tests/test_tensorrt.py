@@ -8,16 +8,8 @@ import pytest
 from onnx import helper
 
 from akd.deploy.calibration import cache_file
-from akd.deploy.tensorrt import (
-    EngineOptions,
-    check_operators,
-    check_sidecar,
-    plan_build,
-    read_sidecar,
-    sidecar,
-    sidecar_for,
-    tensorrt_major,
-)
+from akd.deploy.tensorrt import EngineOptions, check_operators, plan_build, sidecar, tensorrt_major
+from akd.runtime.backends.tensorrt import check_sidecar, read_sidecar, sidecar_for
 from akd.util import AkdError
 
 
@@ -104,7 +96,7 @@ def test_engine_io_is_checked_against_the_runtime_buffers():
     import numpy as np
 
     from akd import contract
-    from akd.deploy.tensorrt import check_engine_io
+    from akd.runtime.backends.tensorrt import check_engine_io
 
     config = {"input_size": [32, 32], "classes": ["a", "b", "c"]}
     expected = {contract.INPUT: contract.input_spec(config, "float-nchw"), **contract.output_specs(config)}

@@ -285,3 +285,39 @@ def test_amp_scaler_state_survives_the_json_train_state():
     restored.step(optimizer)
     restored.update()  # the third step grows the scale, as the uninterrupted scaler would
     assert restored.get_scale() == 2048.0
+
+
+def test_mixing_makes_new_images_the_target_labels(torchscript_target):
+    """Mixup/CutMix in the student stage: the target is asked about the mixed images (not the originals), the true
+    labels are dropped for them, and the explainer stage never mixes."""
+    from akd.data.preprocessing import Preprocessing
+    from akd.models.surrogate import Surrogate
+    from akd.models.teachers import load_teacher
+    from akd.train.step import DistillationStep, image_mixer
+
+    torch.manual_seed(0)
+    recipe = apply_overrides(load_recipe("blackbox"), ["mixup_alpha=0.8", "cutmix_alpha=1.0"])
+    images = torch.rand(6, 3, SIZE, SIZE)
+    mixed = image_mixer(recipe)(images)
+    assert mixed.shape == images.shape and not torch.equal(mixed, images)
+    low, high = torch.minimum(images, images.flip(0)), torch.maximum(images, images.flip(0))
+    assert bool(((mixed >= low - 1e-6) & (mixed <= high + 1e-6)).all())  # each pixel from the image or its pair
+    assert image_mixer(load_recipe("blackbox")) is None  # off unless a recipe asks for it
+
+    target = load_teacher(str(torchscript_target), preprocessing=Preprocessing(input_size=SIZE))
+    seen = []
+
+    def teacher(batch):  # the target, recording what it is asked about
+        seen.append(batch.clone())
+        return target(batch)
+
+    teacher.differentiable = False
+    surrogate = Surrogate({"student": "resnet18_cbam", "classes": list("abcd"), "explainer_width": 32})
+    labels = torch.tensor([0, 1, 2, 3, 0, 1])
+    DistillationStep(surrogate, teacher, {**recipe, "alpha": 0.0}, "student")(images, labels)
+    assert not torch.equal(seen[-1], images)
+    DistillationStep(surrogate, teacher, recipe, "explainer")(images, labels)
+    assert torch.equal(seen[-1], images)
+    for bad, message in (("mixup_alpha=-1", "mixup_alpha"), ("mix_prob=2", "mix_prob")):
+        with pytest.raises(Exception, match=message):
+            apply_overrides(recipe, [bad])

@@ -15,7 +15,6 @@ from akd import contract
 from akd.deploy import parity
 from akd.deploy.calibration import DEFAULT_MAX_DRIFT
 from akd.deploy.graph import (
-    DeployableSurrogate,
     artifact_metadata,
     export_onnx,
     read_metadata,
@@ -31,6 +30,7 @@ from akd.deploy.serving import (
     validate_triton_config,
 )
 from akd.deploy.tensorrt import EngineOptions
+from akd.models.deployable import DeployableSurrogate
 from akd.util import AkdError, atomic_path, sha256_file
 
 PRECISIONS = ("fp32", "fp16", "int8")
@@ -190,7 +190,7 @@ def _check_before_work(options: ExportOptions) -> None:
     if options.format == "triton" and not options.out:
         raise AkdError("--format triton needs --out REPO (the model repository folder)")
     if options.wants_engine:
-        from akd.deploy.tensorrt import require_tensorrt
+        from akd.runtime.backends.tensorrt import require_tensorrt
 
         require_tensorrt()  # without TensorRT nothing is written
 

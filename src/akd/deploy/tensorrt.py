@@ -20,13 +20,11 @@ import numpy as np
 
 import akd
 from akd import contract
+from akd.runtime.backends.tensorrt import cuda_device, require_tensorrt, sidecar_for
 from akd.util import AkdError, atomic_path, sha256_file
 
 log = logging.getLogger(__name__)
 
-INSTALL_HINT = ("TensorRT is not installed. On a machine with an NVIDIA GPU install TensorRT 11 (or 10.x): "
-                "'pip install tensorrt' (wheels come from NVIDIA's index), or on Jetson use the JetPack packages "
-                "(python3-libnvinfer); then rerun. Without TensorRT use --format onnx.")
 HARDWARE_LEVELS = {"none": "NONE", "ampere-plus": "AMPERE_PLUS", "same-compute-capability": "SAME_COMPUTE_CAPABILITY"}
 # ONNX ops the TensorRT 10/11 ONNX parser is known to import; anything else in a graph draws a warning.
 TENSORRT_ONNX_OPS = frozenset("""
@@ -63,17 +61,6 @@ class BuildPlan:
     use_calibrator: bool = False
 
 
-def require_tensorrt() -> str:
-    """TensorRT's version, or the install hint as an AkdError (exit code 2 from the CLI)."""
-    try:
-        import tensorrt
-    except ImportError:
-        raise AkdError(INSTALL_HINT) from None
-    if not hasattr(tensorrt, "Builder"):  # e.g. only the tensorrt-stubs package: a namespace of .pyi files
-        raise AkdError(INSTALL_HINT)
-    return str(tensorrt.__version__)
-
-
 def tensorrt_major(version: str) -> int:
     return int(version.split(".")[0])
 
@@ -107,10 +94,6 @@ def check_operators(model) -> list[str]:
     return unknown
 
 
-def sidecar_for(engine_path: Path) -> Path:
-    return engine_path.with_suffix(".engine.json")
-
-
 def sidecar(onnx_path: Path, options: EngineOptions, tensorrt_version: str, device: dict[str, Any],
             metadata: dict[str, str]) -> dict[str, Any]:
     return {
@@ -124,63 +107,6 @@ def sidecar(onnx_path: Path, options: EngineOptions, tensorrt_version: str, devi
         "hardware_compatibility": options.hardware_compatibility,
         "config": contract.config_of(metadata) if contract.CONFIG_KEY in metadata else None,
     }
-
-
-def read_sidecar(path: Path) -> dict[str, Any]:
-    if not path.is_file():
-        raise AkdError(f"{path}: engine sidecar not found; rebuild with akd-export --format engine")
-    try:
-        data = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise AkdError(f"{path}: malformed engine sidecar ({exc})") from None
-    if data.get("format") != "akd-engine":
-        raise AkdError(f"{path}: not an akd engine sidecar")
-    return data
-
-
-def check_sidecar(data: dict[str, Any], tensorrt_version: str, device: dict[str, Any], engine: Path) -> None:
-    """Refuse an engine built for another TensorRT or GPU, saying how to rebuild it."""
-    rebuild = f"rebuild it on this machine: akd-export {data.get('source_onnx', 'MODEL.onnx')} --format engine"
-    if data["tensorrt_version"] != tensorrt_version and not data.get("version_compatible"):
-        raise AkdError(f"{engine}: built with TensorRT {data['tensorrt_version']}, this is {tensorrt_version}; "
-                       f"{rebuild}")
-    built, here = data["compute_capability"], device["compute_capability"]
-    level = data.get("hardware_compatibility", "none")
-    # ampere-plus engines run on any sm >= 8.0; none and same-compute-capability only on the sm they were built for
-    fits = int(here.split(".")[0]) >= 8 if level == "ampere-plus" else built == here
-    if not fits:
-        raise AkdError(f"{engine}: built for {data['gpu_name']} (sm {built}, hardware compatibility {level}), "
-                       f"this is {device['name']} (sm {here}); {rebuild}")
-
-
-def check_engine_io(engine, expected: dict[str, tuple[Any, tuple[int, ...]]], input_name: str, nptype,
-                    input_mode) -> None:
-    """Every I/O tensor of a deserialised engine must be what the runtime's buffers hold: the contract's names,
-    direction, dtype and per-sample shape (an engine with fp16 I/O would otherwise read and write garbage).
-    ``nptype``: TensorRT's dtype -> numpy mapping (``trt.nptype``); ``input_mode``: ``trt.TensorIOMode.INPUT``."""
-    found = {engine.get_tensor_name(i) for i in range(engine.num_io_tensors)}
-    if found != set(expected):
-        raise AkdError(f"the engine's tensors {sorted(found)} are not the akd contract's {sorted(expected)}; "
-                       "rebuild it from an akd graph")
-    for name, (dtype, shape) in expected.items():
-        is_input = engine.get_tensor_mode(name) == input_mode
-        if is_input != (name == input_name):
-            raise AkdError(f"engine tensor '{name}' is an {'input' if is_input else 'output'}; the contract "
-                           "says otherwise")
-        got_dtype = np.dtype(nptype(engine.get_tensor_dtype(name)))
-        got_shape = tuple(int(v) for v in engine.get_tensor_shape(name))[1:]
-        if got_dtype != np.dtype(dtype) or got_shape != tuple(shape):
-            raise AkdError(f"engine tensor '{name}' is {got_dtype} {got_shape} per sample; the runtime's buffers "
-                           f"hold {np.dtype(dtype)} {tuple(shape)} (rebuild the engine from the graph akd exported)")
-
-
-def cuda_device() -> dict[str, Any]:
-    import torch
-
-    if not torch.cuda.is_available():
-        raise AkdError("TensorRT engines need an NVIDIA GPU, and CUDA is not available here")
-    major, minor = torch.cuda.get_device_capability()
-    return {"name": torch.cuda.get_device_name(), "compute_capability": f"{major}.{minor}"}
 
 
 def build_engine(onnx_path: Path, engine_path: Path, options: EngineOptions) -> list[Path]:

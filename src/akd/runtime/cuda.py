@@ -93,6 +93,17 @@ class CudaPython:
     def elapsed_ms(self, start, end) -> float:
         return float(self._check(self.rt.cudaEventElapsedTime(start, end)))
 
+    def identity(self) -> dict[str, str]:
+        """The current GPU's name and compute capability (what an engine's sidecar records)."""
+        error, count = self.rt.cudaGetDeviceCount()
+        if int(error) != 0 or count == 0:
+            raise AkdError("TensorRT engines need an NVIDIA GPU, and CUDA is not available here")
+        device = self._check(self.rt.cudaGetDevice())
+        properties = self._check(self.rt.cudaGetDeviceProperties(device))
+        name = properties.name
+        name = name.split(b"\0", 1)[0].decode() if isinstance(name, bytes) else str(name)
+        return {"name": name, "compute_capability": f"{properties.major}.{properties.minor}"}
+
 
 class TorchCuda:
     """torch's CUDA allocator, streams and events; device buffers are flat uint8 tensors."""

@@ -27,7 +27,7 @@ DEFAULT_RECIPE = "paper-imagenet"
 DEFAULTS: dict[str, Any] = {"explanation": 1.0, "insertion": 0.0, "deletion": 0.0, "topk_areas": [0.05, 0.1, 0.2, 0.4],
                             "topk_samples": 2, "topk_temperature": 0.05, "explainer_cam": False,
                             "cam_score": "logit", "explainer_params": "all", "layercam_weight": 0.0,
-                            "layercam8_weight": 0.0}
+                            "layercam8_weight": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0}
 
 
 def builtin_recipes() -> list[str]:
@@ -72,11 +72,14 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
         raise AkdError(f"{source}: explainer_params must be 'all' or 'calibration', not '{recipe['explainer_params']}'")
     if recipe["explainer_params"] == "calibration" and not recipe["explainer_cam"]:
         raise AkdError(f"{source}: explainer_params 'calibration' trains the CAM gain and bias: it needs explainer_cam")
-    for key in ("layercam_weight", "layercam8_weight"):
+    for key in ("layercam_weight", "layercam8_weight", "mixup_alpha", "cutmix_alpha", "mix_prob"):
         if not (isinstance(recipe[key], (int, float)) and not isinstance(recipe[key], bool) and recipe[key] >= 0):
             raise AkdError(f"{source}: {key} must be a number >= 0")
+    for key in ("layercam_weight", "layercam8_weight"):
         if recipe[key] and not recipe["explainer_cam"]:
             raise AkdError(f"{source}: {key} adds LayerCAM to the class activation map: it needs explainer_cam")
+    if recipe["mix_prob"] > 1:
+        raise AkdError(f"{source}: mix_prob is a probability: at most 1")
     if recipe["substrate"] not in ("zeros", "blur"):
         raise AkdError(f"{source}: substrate must be 'zeros' or 'blur', not '{recipe['substrate']}'")
     if not recipe["rank_prior_power"] > 0:

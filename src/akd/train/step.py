@@ -24,6 +24,7 @@ class DistillationStep(nn.Module):
         super().__init__()
         self.surrogate, self.recipe, self.stage = surrogate, recipe, stage
         self._teacher = [teacher]  # a list keeps the target out of this module's parameters and DDP's buffers
+        self._mix = image_mixer(recipe) if stage in ("student", "joint") else None
 
     def _judge(self, images: torch.Tensor) -> torch.Tensor:
         """Logits of the judge: the target when gradients flow through it, else the student (eq. 9)."""
@@ -34,6 +35,8 @@ class DistillationStep(nn.Module):
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         recipe, student = self.recipe, self.surrogate.student
+        if self._mix is not None and len(images) % 2 == 0:  # timm mixes pairs: an odd last batch stays unmixed
+            images, labels = self._mix(images), torch.full_like(labels, -1)  # a mixed image has no true label
         with torch.no_grad():
             teacher_logits = self._teacher[0](images).float()
         stats: dict[str, torch.Tensor] = {}
@@ -100,6 +103,21 @@ class DistillationStep(nn.Module):
                 probability = torch.stack([losses.class_log_probability(z, class_ids).exp() for z in judge[term]])
                 stats[term] = (1.0 - probability.mean()) if sign < 0 else probability.mean()
         return stats
+
+
+def image_mixer(recipe: dict[str, Any]):
+    """Mixup/CutMix of the unlabeled images among themselves (timm's ``Mixup``, one mix per image), or None.
+
+    In distillation the target labels every mixed image itself, so mixing makes new inputs from a small folder
+    for the price of target queries only; timm's mixed one-hot labels are not needed and are dropped.
+    """
+    if not (recipe["mixup_alpha"] or recipe["cutmix_alpha"]):
+        return None
+    from timm.data import Mixup
+
+    mixer = Mixup(mixup_alpha=recipe["mixup_alpha"], cutmix_alpha=recipe["cutmix_alpha"], prob=recipe["mix_prob"],
+                  mode="elem", label_smoothing=0.0, num_classes=1)
+    return lambda images: mixer(images.clone(), torch.zeros(len(images), dtype=torch.long, device=images.device))[0]
 
 
 def param_groups(surrogate: Surrogate, stage: str, recipe: dict, pretrained: bool) -> list[dict]:

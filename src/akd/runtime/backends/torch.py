@@ -38,7 +38,7 @@ class TorchRunner(Runner):
         ``channels_last``: NHWC activations on CUDA - on the H200 +14% at batch 32, -19% at batch 1."""
         import torch
 
-        from akd.deploy.graph import DeployableSurrogate
+        from akd.models.deployable import DeployableSurrogate
         from akd.models.surrogate import load_surrogate
 
         if device == "auto":
