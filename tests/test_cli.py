@@ -145,3 +145,26 @@ def test_export_options_a_format_takes_pass_the_check(tiny_checkpoint, tmp_path,
     assert (tmp_path / "m.nvinfer.txt").read_text().count("batch-size=4") == 1
     code = export_main([str(tiny_checkpoint), "--out", str(tmp_path / "e"), "--format", "engine", "--dla-core", "0"])
     assert code == 2 and "not used by" not in capsys.readouterr().err  # refused later, for lacking TensorRT
+
+
+def test_cli_choices_come_from_the_tables():
+    """--format, --precision, --backend, ... list exactly what the tables and registries hold, so a new entry
+    needs no second edit in the CLI."""
+    import argparse
+
+    from akd.cli.arguments import add_engine_arguments, add_export_arguments
+    from akd.deploy.calibration import FLAVOURS, METHODS
+    from akd.deploy.formats import FORMATS, PRECISIONS
+    from akd.runtime.backends import BACKENDS
+    from akd.runtime.geometry import FITS
+
+    def choices(add) -> dict[str, list]:
+        parser = argparse.ArgumentParser()
+        add(parser)
+        return {action.dest: list(action.choices) for action in parser._actions if action.choices}
+
+    export = choices(add_export_arguments)
+    assert export["format"] == list(FORMATS) and export["precision"] == list(PRECISIONS)
+    assert export["int8_target"] == list(FLAVOURS) and export["calibration_method"] == list(METHODS)
+    engine = choices(add_engine_arguments)
+    assert engine["backend"] == list(BACKENDS) and engine["fit"] == list(FITS)

@@ -49,9 +49,13 @@ def run_train(args: argparse.Namespace) -> int:
 
 def run_export(args: argparse.Namespace) -> int:
     from akd import api
-    from akd.deploy.exporter import ignored_options, summarize
+    from akd.deploy.exporter import ExportOptions, summarize
+    from akd.deploy.formats import ignored_options
+    from akd.deploy.serving import TritonOptions
 
-    ignored = ignored_options(args.given, args.format, args.precision, args.triton_platform, not args.no_verify)
+    chosen = ExportOptions("", format=args.format, precision=args.precision, verify=not args.no_verify,
+                           triton=TritonOptions(platform=args.triton_platform))
+    ignored = ignored_options(args.given, chosen)
     if ignored:
         flags = ", ".join("--" + name.replace("_", "-") for name in ignored)
         raise AkdError(f"{flags}: not used by --format {args.format} --precision {args.precision}"

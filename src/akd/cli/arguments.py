@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 
+from akd.util import DEVICES
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse prints usage plus the error; users asked for one line that names the problem."""
@@ -77,8 +79,10 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--image-size", type=positive_int, help="training resolution (default: the target's)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=0, help="data loader worker processes")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--aircraft-level", default="variant", choices=["variant", "family", "manufacturer"])
+    from akd.data.sources import AIRCRAFT_LEVELS
+
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--aircraft-level", default="variant", choices=list(AIRCRAFT_LEVELS))
     parser.add_argument("--video-stride", type=positive_int, default=10, help="use every Nth video frame")
     parser.add_argument("--resume", action="store_true", help="continue the run checkpointed at --out")
     parser.add_argument("--no-progress", action="store_true", help="no progress bars (logs still print)")
@@ -96,22 +100,27 @@ def batch_profile(text: str) -> tuple[int, int, int]:
 
 
 def add_int8_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--int8-target", choices=["cpu", "tensorrt"],
+    from akd.deploy.calibration import DEFAULT_MAX_DRIFT, FLAVOURS, METHODS
+
+    parser.add_argument("--int8-target", choices=FLAVOURS,
                         help="Q/DQ flavour: tensorrt = symmetric signed activations (default for engines), "
                              "cpu = unsigned activations, fast in onnxruntime on CPU (default for onnx)")
-    parser.add_argument("--calibration-method", default="entropy", choices=["minmax", "entropy", "percentile"],
+    parser.add_argument("--calibration-method", default="entropy", choices=METHODS,
                         help="entropy (default): least drift on the shipped lite0 surrogate; minmax is fastest")
     parser.add_argument("--num-images", type=positive_int, default=512, help="calibration images (default 512)")
-    from akd.deploy.calibration import DEFAULT_MAX_DRIFT
-
     parser.add_argument("--max-drift", type=float, default=DEFAULT_MAX_DRIFT,
                         help="refuse an INT8 model whose drift, max(1 - saliency Pearson, 1 - class agreement) on "
-                             "held-out images, exceeds this (default 0.03)")
+                             f"held-out images, exceeds this (default {DEFAULT_MAX_DRIFT})")
     parser.add_argument("--cache-dir", help="calibration cache folder (default ~/.cache/akd/calibration)")
     parser.add_argument("--force", action="store_true", help="overwrite existing artifacts")
 
 
 def add_export_arguments(parser: argparse.ArgumentParser) -> None:
+    from akd.contract import INPUT_FORMATS
+    from akd.deploy.formats import FORMATS, PRECISIONS
+    from akd.deploy.serving import ORT_TENSORRT_PRECISIONS, TRITON_KINDS, TRITON_PLATFORMS
+    from akd.deploy.tensorrt import HARDWARE_LEVELS
+
     parser.add_argument("checkpoint", metavar="SURROGATE.safetensors", nargs="?",
                         help="default: the surrogate shipped with akd (then --out is required), or with --target "
                              "the target's own explanation")
@@ -119,14 +128,13 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--opaque", action="store_true",
                         help="treat an ONNX --target as a black box (no conversion to torch): it then has no "
                              "gradients to export, so this refuses with the reason")
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "fp16", "int8"],
+    parser.add_argument("--precision", default="fp32", choices=PRECISIONS,
                         help="fp32 (default: exact parity), fp16 (GPU), int8 (--calib-data, or the shipped "
                              "surrogate's own ranges)")
-    parser.add_argument("--format", default="onnx", choices=["onnx", "engine", "all", "triton", "deepstream"],
-                        help="onnx graph, TensorRT engine (+ .engine.json), or both (engine implies the graph); "
-                             "triton: a model repository at --out; deepstream: the graph + an nvinfer config")
+    parser.add_argument("--format", default="onnx", choices=list(FORMATS),
+                        help="; ".join(f"{entry.name}: {entry.writes}" for entry in FORMATS.values()))
     parser.add_argument("--out", help="output .onnx path or folder (default: beside the checkpoint)")
-    parser.add_argument("--input-format", default="float-nchw", choices=["float-nchw", "uint8-nhwc"],
+    parser.add_argument("--input-format", default="float-nchw", choices=INPUT_FORMATS,
                         help="uint8-nhwc fuses scaling and normalisation into the graph")
     parser.add_argument("--include-target", action="store_true",
                         help="fuse the target network too: class_id and score come from the target")
@@ -145,17 +153,17 @@ def add_export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dla-core", type=int, help="build for this DLA core (Jetson), falling back to the GPU")
     parser.add_argument("--version-compatible", action="store_true", help="TensorRT version-compatible engine")
     parser.add_argument("--hardware-compatibility", default="none",
-                        choices=["none", "ampere-plus", "same-compute-capability"])
+                        choices=list(HARDWARE_LEVELS))
     triton = parser.add_argument_group("Triton (--format triton; max_batch_size = the --batch profile's MAX)")
     triton.add_argument("--triton-name", default="akd_surrogate", help="model name in the repository")
     triton.add_argument("--triton-platform", default="onnxruntime_onnx",
-                        choices=["onnxruntime_onnx", "tensorrt_plan", "python"],
+                        choices=TRITON_PLATFORMS,
                         help="python: model.py runs the graph with onnxruntime in Triton's Python backend (servers "
                              "without the onnxruntime backend, e.g. nvidia-pytriton's)")
     triton.add_argument("--triton-instances", type=positive_int, default=1, help="instance_group count")
-    triton.add_argument("--triton-kind", default="gpu", choices=["gpu", "cpu"], help="instance_group kind")
+    triton.add_argument("--triton-kind", default="gpu", choices=TRITON_KINDS, help="instance_group kind")
     triton.add_argument("--triton-queue-delay-us", type=int, default=500, help="dynamic batching queue delay")
-    triton.add_argument("--triton-ort-tensorrt", choices=["FP32", "FP16", "INT8"],
+    triton.add_argument("--triton-ort-tensorrt", choices=ORT_TENSORRT_PRECISIONS,
                         help="enable onnxruntime's TensorRT accelerator at this precision")
 
 
@@ -168,9 +176,12 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def add_engine_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--backend", default="auto", choices=["auto", "onnxruntime", "tensorrt", "torch", "triton"])
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
-    parser.add_argument("--fit", default="letterbox", choices=["letterbox", "crop", "stretch"],
+    from akd.runtime.backends import BACKENDS
+    from akd.runtime.geometry import FITS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS)
+    parser.add_argument("--device", default="auto", choices=DEVICES)
+    parser.add_argument("--fit", default="letterbox", choices=FITS,
                         help="how frames meet the model input (default letterbox: whole frame, aspect kept)")
 
 
@@ -179,7 +190,9 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=".onnx, .engine, .safetensors or grpc://HOST:PORT/MODEL on a Triton server "
                                         "(default: the shipped surrogate)")
     parser.add_argument("--out", default="akd-explain-out", help="output folder (default: akd-explain-out)")
-    parser.add_argument("--maps", choices=["npy", "png", "both"], help="also save raw saliency maps")
+    from akd.runtime.explain import MAP_FILES
+
+    parser.add_argument("--maps", choices=MAP_FILES, help="also save raw saliency maps")
     parser.add_argument("--smoothing", type=float, default=0.0, help="EMA weight of the previous map for videos")
     parser.add_argument("--batch-size", type=positive_int, default=1, help="frames per inference for videos")
     parser.add_argument("--shard", type=shard, default=(0, 1), metavar="K/N",

@@ -14,6 +14,7 @@ from typing import Any
 from akd import contract
 from akd.deploy import parity
 from akd.deploy.calibration import DEFAULT_MAX_DRIFT
+from akd.deploy.formats import FORMATS, PRECISIONS, ServingInputs
 from akd.deploy.graph import (
     artifact_metadata,
     export_onnx,
@@ -22,42 +23,10 @@ from akd.deploy.graph import (
     save_model,
 )
 from akd.deploy.int8 import calibrate
-from akd.deploy.serving import (
-    PYTHON_BACKEND_MODEL,
-    TritonOptions,
-    deepstream_config,
-    triton_config,
-    validate_triton_config,
-)
+from akd.deploy.serving import TritonOptions, triton_config, validate_triton_config
 from akd.deploy.tensorrt import EngineOptions
 from akd.models.deployable import DeployableSurrogate
 from akd.util import AkdError, atomic_path, sha256_file
-
-PRECISIONS = ("fp32", "fp16", "int8")
-FORMATS = ("onnx", "engine", "all", "triton", "deepstream")
-# options (argparse names) that only some formats/precisions read; the rest would be silently ignored
-ENGINE_OPTIONS = frozenset({"batch", "workspace", "timing_cache", "dla_core", "version_compatible",
-                            "hardware_compatibility"})
-TRITON_OPTIONS = frozenset({"batch", "triton_name", "triton_platform", "triton_instances", "triton_kind",
-                            "triton_queue_delay_us", "triton_ort_tensorrt"})
-INT8_OPTIONS = frozenset({"calib_data", "int8_target", "calibration_method", "num_images", "max_drift", "cache_dir"})
-
-
-def ignored_options(given: set[str], format: str, precision: str, triton_platform: str, verify: bool) -> list[str]:
-    """Which of the options ``given`` this export would not read. Like Ultralytics' exporter, each format declares
-    what it takes, so a --dla-core with --format onnx is refused rather than dropped."""
-    takes = set()
-    if format in ("engine", "all") or (format == "triton" and triton_platform == "tensorrt_plan"):
-        takes |= ENGINE_OPTIONS
-    if format == "triton":
-        takes |= TRITON_OPTIONS - ({"triton_ort_tensorrt"} if triton_platform != "onnxruntime_onnx" else set())
-    if format == "deepstream":
-        takes.add("batch")  # nvinfer's batch-size
-    if precision == "int8":
-        takes |= INT8_OPTIONS
-    if verify:
-        takes.add("parity_data")
-    return sorted(given & (ENGINE_OPTIONS | TRITON_OPTIONS | INT8_OPTIONS | {"parity_data"}) - takes)
 
 
 @dataclass
@@ -86,25 +55,7 @@ class ExportOptions:
 
     @property
     def wants_engine(self) -> bool:
-        return self.format in ("engine", "all") or (self.format == "triton" and self.triton.platform == "tensorrt_plan")
-
-
-def output_paths(options: ExportOptions) -> tuple[Path, Path]:
-    """(onnx path, engine path): ``surrogate.onnx``, ``surrogate.fp16.onnx``, ``surrogate.int8.onnx`` next to the
-    checkpoint, or under/at ``--out``."""
-    if options.format == "triton":  # REPO/<name>/1/model.onnx, or the plan there and its source graph beside
-        folder = Path(options.out) / options.triton.name
-        if options.triton.platform == "tensorrt_plan":
-            return folder / "model.onnx", folder / "1" / "model.plan"
-        return folder / "1" / "model.onnx", folder / "model.engine"
-    suffix = "" if options.precision == "fp32" else f".{options.precision}"
-    checkpoint = Path(options.checkpoint)
-    if options.out and options.out.endswith(".onnx"):
-        onnx_path = Path(options.out)
-    else:
-        folder = Path(options.out) if options.out else checkpoint.parent
-        onnx_path = folder / f"{checkpoint.name.removesuffix('.safetensors')}{suffix}.onnx"
-    return onnx_path, onnx_path.with_suffix(".engine")
+        return FORMATS[self.format].builds_engine(self)
 
 
 def _target_module(config: dict[str, Any]):
@@ -134,9 +85,10 @@ def export(options: ExportOptions, on_report: Callable[[dict[str, Any]], None] |
     from akd.models.surrogate import load_surrogate
 
     _check_before_work(options)
-    onnx_path, engine_path = output_paths(options)
+    chosen = FORMATS[options.format]
+    onnx_path, engine_path = chosen.paths(options)
     planned = [onnx_path] + ([engine_path, engine_path.with_suffix(".engine.json")] if options.wants_engine else [])
-    serving = serving_files(options, onnx_path)
+    serving = chosen.serving_files(options, onnx_path)
     refuse_overwrite(planned + list(serving), options.force)
 
     surrogate = (options.target_surrogate() if options.target_surrogate is not None
@@ -166,7 +118,8 @@ def export(options: ExportOptions, on_report: Callable[[dict[str, Any]], None] |
             options.engine, precision=options.precision, calib_data=options.calib_data,
             num_images=options.num_images))
     metadata = read_metadata(model)
-    for path, text in serving_texts(options, serving, metadata, onnx_path, config, triton_text).items():
+    texts = chosen.serving_texts(options, ServingInputs(metadata, config, onnx_path, triton_text))
+    for path, text in zip(serving, texts, strict=True):
         with atomic_path(path) as tmp:
             tmp.write_text(text)
         written.append(path)
@@ -187,8 +140,8 @@ def _check_before_work(options: ExportOptions) -> None:
         from akd.deploy.calibration import shipped_ranges
 
         shipped_ranges(sha256_file(options.checkpoint))
-    if options.format == "triton" and not options.out:
-        raise AkdError("--format triton needs --out REPO (the model repository folder)")
+    if FORMATS[options.format].needs_out and not options.out:
+        raise AkdError(f"--format {options.format} needs --out (where it writes: {FORMATS[options.format].writes})")
     if options.wants_engine:
         from akd.runtime.backends.tensorrt import require_tensorrt
 
@@ -228,32 +181,6 @@ def _graph_at_precision(reference: DeployableSurrogate, config: dict[str, Any], 
                                       options.calibration_method, options.num_images, options.max_drift,
                                       options.cache_dir, verify=options.verify, fallback_data=options.parity_data)
     return model, report
-
-
-def serving_files(options: ExportOptions, onnx_path: Path) -> list[Path]:
-    """Configuration files --format triton / deepstream add next to the graph."""
-    if options.format == "triton":
-        folder = Path(options.out) / options.triton.name
-        python = [folder / "1" / "model.py"] if options.triton.platform == "python" else []
-        return [folder / "config.pbtxt", folder / "labels.txt", *python]
-    if options.format == "deepstream":
-        return [onnx_path.with_suffix(".nvinfer.txt"), onnx_path.with_suffix(".labels.txt")]
-    return []
-
-
-def serving_texts(options: ExportOptions, paths: list[Path], metadata: dict[str, str], onnx_path: Path,
-                  config: dict[str, Any], triton_text: str | None) -> dict[Path, str]:
-    labels = "\n".join(config["classes"]) + "\n"
-    if options.format == "triton":
-        python = [PYTHON_BACKEND_MODEL] if options.triton.platform == "python" else []
-        return dict(zip(paths, [triton_text, labels, *python], strict=True))
-    if options.format == "deepstream":
-        batch = options.engine.batch[1]
-        # nvinfer builds the engine from the graph on first run and serialises it under this (its own) name
-        engine = f"{onnx_path.name}_b{batch}_gpu0_{options.precision}.engine"
-        text = deepstream_config(metadata, onnx_path.name, engine, batch, paths[1].name)
-        return dict(zip(paths, [text, labels], strict=True))
-    return {}
 
 
 def _verify_against_torch(reference, model, config, options: ExportOptions, precision: str,

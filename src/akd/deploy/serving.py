@@ -15,13 +15,15 @@ import numpy as np
 from akd import contract
 from akd.util import AkdError
 
-TRITON_PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan")
+TRITON_PLATFORMS = ("onnxruntime_onnx", "tensorrt_plan", "python")  # python: the graph run by onnxruntime in model.py
+TRITON_KINDS = ("gpu", "cpu")  # instance_group kinds, KIND_GPU / KIND_CPU
+ORT_TENSORRT_PRECISIONS = ("FP32", "FP16", "INT8")  # onnxruntime's TensorRT accelerator in Triton
 
 
 @dataclass
 class TritonOptions:
     name: str = "akd_surrogate"
-    platform: str = "onnxruntime_onnx"  # or tensorrt_plan, or python (the graph run by onnxruntime in model.py)
+    platform: str = "onnxruntime_onnx"  # one of TRITON_PLATFORMS
     max_batch: int = 32
     preferred_batches: tuple[int, ...] = (8, 32)
     queue_delay_us: int = 500

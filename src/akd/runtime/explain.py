@@ -26,6 +26,8 @@ from akd.runtime.video import (
 )
 from akd.util import AkdError, atomic_path, check_writable
 
+MAP_FILES = ("npy", "png", "both")  # --maps: raw saliency maps as .npy arrays, 8-bit PNGs, or both
+
 log = logging.getLogger(__name__)
 
 
