@@ -36,8 +36,8 @@ log = logging.getLogger(__name__)
 FLAVOURS = ("cpu", "tensorrt")
 METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_MAX_DRIFT = 0.03  # the int8 parity limits: Pearson >= 0.98, class agreement >= 0.97
-# onnxruntime's default op set (None): only Conv/Gemm/MatMul left float islands around every attention module and
-# measured far worse on the Lite0 surrogate (Pearson 0.91, classes 0.84 vs 0.997, 0.98; also slower).
+# onnxruntime's default op set (None): only Conv/Gemm/MatMul left float islands around every attention module,
+# which drifted far more and ran slower (docs/BENCHMARKS.md, "Precision on CPU").
 QUANTIZED_OPS = None
 # Nodes left in float: the surrogate's own nodes outside the student network and the explainer's decoder blocks -
 # the class choice (a softmax of 100 x the logits: an int8 step there is a wrong class), CAM and the head.
@@ -87,8 +87,8 @@ def float_nodes(fp32_path: str) -> list[str]:
 
 def _early_stage_nodes(model) -> list[str]:
     """Nodes computing on a finer grid than the student's stride-8 stage (stem, stride-2 and -4 stages) stay float:
-    their int8 rounding reaches every later feature and the map amplifies it (shipped LayerCAM graph, 128 held-out
-    images: drift 0.039 -> 0.013 tensorrt, 0.092 -> 0.034 cpu; any single stage float instead 0.029-0.039)."""
+    their int8 rounding reaches every later feature and the map amplifies it; keeping all of them float, not any
+    single one, is what brought the drift under the gate (docs/BENCHMARKS.md, "Precision on CPU")."""
     from onnx import shape_inference
 
     nhwc = {prop.key: prop.value for prop in model.metadata_props}.get(contract.INPUT_FORMAT_KEY) == "uint8-nhwc"

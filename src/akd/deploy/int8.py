@@ -52,9 +52,9 @@ def calibrate(fp32_model, config: dict[str, Any], input_format: str, data: str |
         # the default gate is the int8 parity limits; a --max-drift above the default knowingly loosens them
         failed = parity.failures(drift, "int8") if max_drift <= DEFAULT_MAX_DRIFT else []
         if failed or drift["drift"] > max_drift:
-            hint = ("\nwithout --data the drift is judged on the bundled sample photos (the shipped ranges drift "
-                    "0.023 on held-out ImageNet with the tensorrt flavour, docs/BENCHMARKS.md): pass --data DIR "
-                    "with images like yours" if data_set.ranges is not None else "")
+            hint = ("\nwithout --data the drift is judged on the bundled sample photos, which the target does not "
+                    "recognise (the shipped ranges' drift on held-out ImageNet: docs/BENCHMARKS.md, \"Precision "
+                    "on CPU\"): pass --data DIR with images like yours" if data_set.ranges is not None else "")
             raise AkdError(f"int8 ({flavour}) drifts too far from fp32 (drift {drift['drift']:.4f}, --max-drift "
                            f"{max_drift}) on {drift['evaluated_on']}, nothing written{hint}\n"
                            f"{parity.table(drift, 'int8')}")

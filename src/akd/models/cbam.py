@@ -5,6 +5,12 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+# Identity start (--student same-as-teacher): zero weights and these biases make the gates sigmoid(bias), close
+# to 1, so the attentive student first computes what the target computes. The channel gate is a product over
+# channels' MLP outputs, the spatial gate one map: sigmoid(2.5) = 0.92 of a channel and sigmoid(5) = 0.993 of a
+# pixel pass through.
+CHANNEL_IDENTITY_BIAS = 2.5
+SPATIAL_IDENTITY_BIAS = 5.0
 
 class ChannelAttention(nn.Module):
     """Shared MLP over average- and max-pooled features, summed, then sigmoid: one weight per channel."""
@@ -53,12 +59,13 @@ class CBAM(nn.Module):
         if identity_init:
             for last in (self.channel.mlp[-1], self.spatial.conv):
                 nn.init.zeros_(last.weight)
-                nn.init.constant_(last.bias, 5.0 if last is self.spatial.conv else 2.5)
+                nn.init.constant_(last.bias, SPATIAL_IDENTITY_BIAS if last is self.spatial.conv else
+                                  CHANNEL_IDENTITY_BIAS)
 
     def forward(self, f: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         # Outside training the gates are constants of a gradient taken through the module: LayerCAM's backward
-        # (the deployed map) then skips the attention branches - a tenth of the graph's kernel time on CPU for a
-        # map within 0.004 of the full gradient's (docs/BENCHMARKS.md). Training differentiates through them.
+        # (the deployed map) then skips the attention branches, the costliest part of that backward for a map
+        # that barely moves (docs/BENCHMARKS.md, "A cheaper backward"). Training differentiates through them.
         channel = self.channel(f)
         f_hat = f * (channel if self.training else channel.detach())
         spatial = self.spatial(f_hat)

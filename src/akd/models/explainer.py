@@ -59,11 +59,10 @@ def _upsample_to(coarse: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def fused_ranking(cam: torch.Tensor, layercams: list[torch.Tensor], weights: list[float]) -> torch.Tensor:
     """CAM (stride 32) plus ``weights`` x LayerCAM maps (finest first), each resized to the finest map's grid and
     standardised there; the sum standardised. CAM alone is coarse (7x7 at 224) and puts the class's whole support
-    first; LayerCAM is sharp but noisy, the more so the finer its stride. On the 96 validation images
-    (docs/BENCHMARKS.md) LayerCAM at stride 16 weighted 0.5 beat CAM alone by +0.020 insertion and -0.036
-    deletion ("Finer evidence"); LayerCAM at stride 8 too, weighted 0.5, with every map standardised after its
-    resize (a smoothed map weighed by what is left of it), 0.6350 / 0.1496 against that map's 0.6168 / 0.1769
-    ("LayerCAM at stride 8, shipped"; standardised before the resize: 0.6306 / 0.1556)."""
+    first; LayerCAM is sharp but noisy, the more so the finer its stride, so the sum lets CAM say where and
+    LayerCAM say which pixels. Each map is standardised after its resize, so a smoothed map is weighed by what is
+    left of it. The weights were chosen on the validation split: docs/BENCHMARKS.md, "LayerCAM at stride 8,
+    shipped"."""
     size = layercams[0].shape[-2:]
     fused = standardise(_upsample_to(cam, size))
     for layercam, weight in zip(layercams, weights, strict=True):
@@ -100,7 +99,7 @@ class Explainer(nn.Module):
     def drop_dead_decoder(self) -> bool:
         """For inference: with a CAM-reading explainer whose head weights are all zero (the calibration-only
         explainer the shipped surrogate has), the decoder adds exactly the head's bias, so skip it - the same map,
-        bit for bit, without a fifth of the surrogate's compute (measured: 24% of the int8 graph's time). Never
+        bit for bit, without the decoder's compute (docs/BENCHMARKS.md, "Precision on CPU"). Never
         called in training, where the head weights may be about to move. Returns whether it was dropped."""
         self.decoder_used = not (self.cam and not bool(torch.any(self.head.weight != 0)))
         return not self.decoder_used

@@ -89,7 +89,11 @@ def layercam_maps(logits: torch.Tensor, taps: list[torch.Tensor], class_weights:
     return maps
 
 
-def predicted_class(logits: torch.Tensor, sharpness: float = 100.0) -> torch.Tensor:
+CLASS_SHARPNESS = 100.0  # softmax(z * this): one-hot unless the top two logits lie within ~0.1 of each other
+WINNER_PUSH = 1e4  # how far the chosen class is pushed down before the other classes' softmax (cam_class_weights)
+
+
+def predicted_class(logits: torch.Tensor, sharpness: float = CLASS_SHARPNESS) -> torch.Tensor:
     """Weights of the predicted class over dim 1: softmax(z * sharpness), one-hot unless the top two logits lie
     within a few hundredths (then their CAMs blend, which is what a near-tie should give). Softmax is
     shift-invariant and every runtime subtracts the maximum itself; doing it here broadcasts an (N,1,1,1) tensor,
@@ -108,12 +112,12 @@ def cam_class_weights(logits: torch.Tensor, score: str = "logit") -> torch.Tenso
     with respect to the pooled features divided by (1 - p_c) > 0, so it ranks pixels exactly as that gradient does:
     first what makes the image this class *rather than the others*, last what the competing classes share.
     Written without 1 - p_c, which rounds to 0 in float32 for a confident prediction (the map would go flat):
-    the other classes' softmax is taken with the chosen class pushed down by 1e4 x its weight squared (squared,
-    so the 1e-5 weights a clear winner leaves on the runners-up move nothing). Measured on the 96 validation
-    images with the target's own features: insertion 0.5992 vs 0.5838, deletion 0.2016 vs 0.2068."""
+    the other classes' softmax is taken with the chosen class pushed down by WINNER_PUSH x its weight squared
+    (squared, so the tiny weights a clear winner leaves on the runners-up move nothing). Why log_probability is
+    the shipped score: docs/BENCHMARKS.md, "Explainer objectives"."""
     chosen = predicted_class(logits)
     if score == "log_probability":
-        return chosen - torch.softmax(logits.float() - 1e4 * chosen * chosen, dim=1)
+        return chosen - torch.softmax(logits.float() - WINNER_PUSH * chosen * chosen, dim=1)
     if score != "logit":
         raise ValueError(f"cam_score must be one of {', '.join(CAM_SCORES)}, not '{score}'")
     return chosen

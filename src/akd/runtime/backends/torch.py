@@ -32,10 +32,9 @@ def bucket_for(n: int, buckets: list[int]) -> int:
 class TorchRunner(Runner):
     def __init__(self, path: str, device: str = "auto", max_batch: int = 32, fp16: bool = False,
                  cuda_graphs: bool = False, slots: int = 4, channels_last: bool = False):
-        """``path``: a .safetensors surrogate. ``slots``: batches in flight on CUDA; a batch-1 forward is ~570
-        kernels of ~2 us, so one stream leaves the GPU idle: on an H200, fp16 + CUDA graphs at batch 1 gave 562
-        images/s with 1 in flight, 875 with 2, 1134 with 3, 1463 with 4 (benchmarks/gpu_check.py).
-        ``channels_last``: NHWC activations on CUDA - on the H200 +14% at batch 32, -19% at batch 1."""
+        """``path``: a .safetensors surrogate. ``slots``: batches in flight on CUDA; a batch-1 forward is hundreds
+        of tiny kernels, so one stream leaves the GPU idle and more slots fill it (docs/BENCHMARKS.md, "GPU").
+        ``channels_last``: NHWC activations on CUDA, which pay off at large batches and cost at batch 1."""
         import torch
 
         from akd.models.deployable import DeployableSurrogate
