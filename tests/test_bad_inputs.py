@@ -168,7 +168,7 @@ def test_corrupt_checkpoint_is_refused_at_load(tiny_checkpoint, tmp_path, capsys
     assert not (tmp_path / "m.onnx").exists() and not (tmp_path / "o").exists()
     model = load_surrogate(tiny_checkpoint)  # NaN saved on purpose: the hash matches, the values do not pass
     with torch.no_grad():
-        model.explainer.head.bias.fill_(float("nan"))
+        model.explainer.head.bias.fill_(float("nan"))  # the tiny surrogate's head is the paper's decoder
     save_checkpoint(tmp_path / "nan.safetensors", model)
     with pytest.raises(AkdError, match="explainer.head.bias' holds NaN"):
         load_surrogate(tmp_path / "nan.safetensors")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -270,6 +271,12 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
     assert "Paired per-image differences" in markdown(report)
     for figure in ("curves.png", "overlays.png"):
         assert (folder / figure).read_bytes()[:4] == b"\x89PNG"
+    page = (folder / "report.html").read_text()
+    sources = re.findall(r'<img src="([^"]*)"', page)
+    # one thumbnail per image, an overlay per method and image it explained, the curves; all inlined
+    assert len(sources) == 3 + (3 + 3 + 2 + 2) + 1 and all(src.startswith("data:image/") for src in sources)
+    assert "http://" not in page and "https://" not in page and page.count('<tr data-margin=') == 3
+    assert all(f"<th>{name}</th>" in page for name in report["results"])
     assert not list(folder.glob(".*tmp"))
 
 

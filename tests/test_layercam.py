@@ -15,7 +15,7 @@ from torch import nn
 from akd.deploy.gradients import without_autograd
 from akd.deploy.graph import export_onnx
 from akd.models.deployable import DeployableSurrogate
-from akd.models.explainer import Explainer
+from akd.models.explainer import CalibratedCamHead, DecoderExplainer
 from akd.models.surrogate import Surrogate, cam_class_weights, layercam_maps
 
 from conftest import tiny_surrogate_config
@@ -77,8 +77,7 @@ def test_student_taps_for_both_strides_are_one_graph_with_frozen_weights():
 
 def test_fused_ranking_puts_layercams_peak_first_where_cam_is_flat():
     """Weight 1: at 0.5 a one-cell spike, smoothed by the resizes to 32x32, stays under CAM's brightest corner."""
-    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weights=(0.0, 1.0))
-    explainer.drop_dead_decoder()
+    explainer = _calibrated_head(w16=1.0)
     deltas = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4), torch.zeros(1, 32, 2, 2)]
     cam = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])  # brightest at the bottom right
     layercam = torch.zeros(1, 1, 4, 4)
@@ -86,18 +85,20 @@ def test_fused_ranking_puts_layercams_peak_first_where_cam_is_flat():
     saliency = explainer(deltas, (32, 32), cam, [layercam])[0, 0]
     peak = divmod(int(saliency.argmax()), 32)
     assert 16 <= peak[0] < 24 and 16 <= peak[1] < 24, peak
-    plain = Explainer([8, 16, 32], width=16, cam=True)
-    plain.drop_dead_decoder()
+    plain = _calibrated_head()
     assert divmod(int(plain(deltas, (32, 32), cam)[0, 0].argmax()), 32) >= (24, 24)  # CAM alone: the corner
-    with pytest.raises(ValueError, match="needs cam"):
-        Explainer([8, 16, 32], layercam_weights=(0.0, 0.5))
+    with pytest.raises(ValueError, match="needs explainer_cam"):
+        DecoderExplainer({"layercam_weight": 0.5}, [8, 16, 32])
+
+
+def _calibrated_head(w8: float = 0.0, w16: float = 0.0) -> CalibratedCamHead:
+    return CalibratedCamHead({"layercam8_weight": w8, "layercam_weight": w16}, [8, 16, 32])
 
 
 def test_fused_ranking_with_the_stride_8_map_picks_its_peak_inside_the_coarser_ones():
     """CAM says the bottom-right quadrant, stride-16 LayerCAM its top-left cell, stride-8 LayerCAM one pixel in
     that cell: the map peaks at that pixel; without the stride-8 weight, anywhere in the stride-16 cell."""
-    explainer = Explainer([8, 16, 32], width=16, cam=True, layercam_weights=(0.5, 0.5))
-    explainer.drop_dead_decoder()
+    explainer = _calibrated_head(0.5, 0.5)
     deltas = [torch.zeros(1, 8, 8, 8), torch.zeros(1, 16, 4, 4), torch.zeros(1, 32, 2, 2)]
     cam = torch.tensor([[[[1.0, 1.0], [1.0, 2.0]]]])
     layercam16 = torch.zeros(1, 1, 4, 4)
@@ -210,7 +211,7 @@ def test_gradient_masks_as_convolutions_switch_exactly_at_the_bounds():
 @pytest.fixture(scope="module", params=[0.0, 0.5], ids=["stride16", "stride8and16"])
 def layercam_surrogate(request) -> DeployableSurrogate:
     torch.manual_seed(0)
-    config = {**tiny_surrogate_config(), "explainer_cam": True, "cam_score": "log_probability",
+    config = {**tiny_surrogate_config(), "explainer_head": "calibrated-cam", "cam_score": "log_probability",
               "layercam_weight": 0.5, "layercam8_weight": request.param, "input_size": [96, 96]}
     surrogate = Surrogate(config).eval()
     with torch.no_grad():
@@ -350,16 +351,15 @@ def test_training_stages_read_layercam_and_train_what_they_should(torchscript_ta
     teacher = load_teacher(str(torchscript_target), preprocessing=Preprocessing(input_size=SIZE))
     recipe = apply_overrides(load_recipe("imagenet-lite0"), [])
     assert recipe["layercam_weight"] == recipe["layercam8_weight"] == 0.5
-    surrogate = Surrogate({"student": "resnet18_cbam", "classes": list("abcd"), "explainer_width": 32,
-                           "explainer_cam": True, "cam_score": "log_probability", "layercam_weight": 0.5,
-                           "layercam8_weight": 0.5})
+    surrogate = Surrogate({"student": "resnet18_cbam", "classes": list("abcd"), "explainer_head": "calibrated-cam",
+                           "cam_score": "log_probability", "layercam_weight": 0.5, "layercam8_weight": 0.5})
     set_trainable(surrogate, stage, recipe)
     step = DistillationStep(surrogate, teacher, recipe, stage)
     loss, _ = step(torch.randn(4, 3, 128, 128), torch.full((4,), -1))
     loss.backward()
     params = [p for group in param_groups(surrogate, stage, recipe, False) for p in group["params"]]
     assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in params)
-    assert surrogate.explainer.cam_gain.grad.abs() > 0
+    assert surrogate.explainer.gain.grad.abs() > 0
     trained_student = surrogate.student.network.fc.weight.grad is not None
     assert trained_student == (stage == "joint")
 

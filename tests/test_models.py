@@ -1,9 +1,11 @@
+import json
+
 import pytest
 import torch
 
 from akd.models.cbam import CBAM
 from akd.models.students import AttentiveBlock, AttentiveStage, build_student
-from akd.models.surrogate import Surrogate
+from akd.models.surrogate import Surrogate, load_surrogate
 
 
 def _config(student: str, classes: int = 10) -> dict:
@@ -219,23 +221,47 @@ def test_registered_students_and_targets_are_one_function_away(tiny_net):
         teachers.load_teacher("tiny")
 
 
-def test_a_dead_decoder_is_skipped_exactly_and_only_when_dead():
-    """A calibration-only explainer (head weights zero) adds only the head's bias through its decoder: skipping
-    it gives the same map bit for bit; once the head has weights the decoder stays."""
+def test_a_calibration_only_decoder_converts_to_the_calibrated_cam_head_bit_for_bit(tmp_path):
+    """A checkpoint from before heads had names, whose decoder only calibrated CAM (head weights zero), loads as
+    the calibrated-cam head: two parameters instead of the decoder, the same map bit for bit. A decoder whose
+    head has weights stays a decoder."""
+    from akd.models.explainer import CalibratedCamHead, DecoderExplainer
+    from akd.models.surrogate import save_checkpoint
+
     torch.manual_seed(0)
-    config = {"student": "resnet18_cbam", "classes": list("abcdef"), "explainer_width": 32, "explainer_cam": True}
-    surrogate = Surrogate(config).eval()
+    config = {"student": "resnet18_cbam", "classes": list("abcdef"), "explainer_width": 32, "explainer_cam": True,
+              "layercam_weight": 0.5}
+    old = Surrogate(config).eval()
+    assert isinstance(old.explainer, DecoderExplainer)
+    assert "explainer_head" not in old.config  # what such a checkpoint's config holds
     with torch.no_grad():
-        surrogate.explainer.head.bias.fill_(-1.5)
-        surrogate.explainer.cam_gain.fill_(2.0)
-        images = torch.randn(3, 3, 64, 64)
-        full, _ = surrogate(images)
-        assert surrogate.explainer.drop_dead_decoder()
-        short, _ = surrogate(images)
-        assert torch.equal(full, short)
-        surrogate.explainer.head.weight[0, 0, 1, 1] = 0.1  # a trained head: the decoder matters again
-        assert not surrogate.explainer.drop_dead_decoder()
-        assert not torch.equal(surrogate(images)[0], short)
+        old.explainer.head.bias.fill_(-1.5)
+        old.explainer.cam_gain.fill_(2.0)
+    images = torch.randn(3, 3, 64, 64)
+    save_checkpoint(tmp_path / "old.safetensors", old)
+    converted = load_surrogate(tmp_path / "old.safetensors")
+    assert isinstance(converted.explainer, CalibratedCamHead)
+    assert [name for name, _ in converted.explainer.named_parameters()] == ["gain", "bias"]
+    with torch.no_grad():
+        assert torch.equal(converted(images)[0], old(images)[0])
+        old.explainer.head.weight[0, 0, 1, 1] = 0.1  # a trained head: the decoder matters
+    save_checkpoint(tmp_path / "trained.safetensors", old)
+    kept = load_surrogate(tmp_path / "trained.safetensors")
+    assert isinstance(kept.explainer, DecoderExplainer) and kept.config["explainer_head"] == "decoder"
+    with torch.no_grad():
+        assert torch.equal(kept(images)[0], old(images)[0])
+
+
+def test_the_shipped_checkpoint_holds_only_trained_weights():
+    """The shipped surrogate names its head: the calibrated CAM, whose two numbers are all its explainer holds."""
+    from importlib import resources
+
+    from akd.models.surrogate import read_checkpoint
+
+    tensors, metadata = read_checkpoint(resources.files("akd.assets").joinpath(
+        "efficientnet_lite0_surrogate.safetensors"))
+    assert json.loads(metadata["config"])["explainer_head"] == "calibrated-cam"
+    assert sorted(name for name in tensors if name.startswith("explainer.")) == ["explainer.bias", "explainer.gain"]
 
 
 @pytest.mark.parametrize("arch", ["resnet18_cbam", "timm:tf_efficientnet_lite0"])

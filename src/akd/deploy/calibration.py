@@ -25,10 +25,10 @@ from typing import Any
 
 import numpy as np
 
-from akd import contract
 from akd.contract import INPUT, to_input
 from akd.data.preprocessing import images_of
 from akd.data.sources import sampled
+from akd.deploy.float_nodes import float_nodes
 from akd.deploy.parity import compare
 from akd.util import AkdError
 
@@ -39,67 +39,6 @@ DEFAULT_MAX_DRIFT = 0.03  # the int8 parity limits: Pearson >= 0.98, class agree
 # onnxruntime's default op set (None): only Conv/Gemm/MatMul left float islands around every attention module,
 # which drifted far more and ran slower (docs/BENCHMARKS.md, "Precision on CPU").
 QUANTIZED_OPS = None
-# Nodes left in float: the surrogate's own nodes outside the student network and the explainer's decoder blocks -
-# the class choice (a softmax of 100 x the logits: an int8 step there is a wrong class), CAM and the head.
-FLOAT_PREFIX, QUANTIZED_PREFIXES = "/surrogate/", ("/surrogate/student/", "/surrogate/explainer/block")
-
-
-def float_nodes(fp32_path: str) -> list[str]:
-    """Names of the nodes ``quantize`` keeps in float (see FLOAT_PREFIX). A graph whose map reads a gradient
-    (exported from an fx graph: its node names carry no module scope) keeps in float every node the logits do not
-    depend on - the same line drawn by data flow: the class choice, CAM, LayerCAM's backward pass and the map -
-    and the maxima that backward compares with their inputs.
-    And a weight read twice (the backward reads the classifier's transposed): onnxruntime quantizes an
-    initializer once, with its first reader's channel axis, so the later readers stay float."""
-    import onnx
-
-    model = onnx.load(fp32_path, load_external_data=False)
-    graph = model.graph
-    config = json.loads({p.key: p.value for p in model.metadata_props}.get(contract.CONFIG_KEY, "{}"))
-    if any(contract.layercam_weights(config)):
-        producers = {output: node for node in graph.node for output in node.output}
-        needed, pending = set(), [contract.LOGITS]
-        while pending:
-            node = producers.get(pending.pop())
-            if node is not None and node.name not in needed:
-                needed.add(node.name)
-                pending.extend(node.input)
-        # and a maximum the backward compares with its input (ties share the gradient), with the nodes reading it:
-        # a quantized copy of the maximum equals no input value, which left no tie and divided by zero
-        compared = {name for node in graph.node if node.op_type == "Equal" for name in node.input}
-        maxima = compared & {output for node in graph.node if node.op_type in ("ReduceMax", "MaxPool")
-                             for output in node.output}
-        kept = [node.name for node in graph.node
-                if node.name not in needed or maxima & (set(node.output) | set(node.input))]
-    else:
-        kept = [node.name for node in graph.node
-                if node.name.startswith(FLOAT_PREFIX) and not node.name.startswith(QUANTIZED_PREFIXES)]
-    kept += [name for name in _early_stage_nodes(model) if name not in kept]
-    weights, readers = {tensor.name for tensor in graph.initializer}, set()
-    for node in graph.node:
-        weight = node.input[1] if len(node.input) > 1 and node.input[1] in weights else None
-        if weight is not None and node.op_type in ("Conv", "ConvTranspose", "Gemm", "MatMul"):
-            if weight in readers and node.name not in kept:
-                kept.append(node.name)
-            readers.add(weight)
-    return kept
-
-
-def _early_stage_nodes(model) -> list[str]:
-    """Nodes computing on a finer grid than the student's stride-8 stage (stem, stride-2 and -4 stages) stay float:
-    their int8 rounding reaches every later feature and the map amplifies it; keeping all of them float, not any
-    single one, is what brought the drift under the gate (docs/BENCHMARKS.md, "Precision on CPU")."""
-    from onnx import shape_inference
-
-    nhwc = {prop.key: prop.value for prop in model.metadata_props}.get(contract.INPUT_FORMAT_KEY) == "uint8-nhwc"
-    dims = [dim.dim_value for dim in model.graph.input[0].type.tensor_type.shape.dim]
-    size = min(dims[1:3] if nhwc else dims[2:])  # 0: no fixed resolution, no grid to compare with
-    shapes = {info.name: [dim.dim_value for dim in info.type.tensor_type.shape.dim]
-              for info in shape_inference.infer_shapes(model).graph.value_info}
-    fine = {name for name, dims in shapes.items() if size and len(dims) == 4 and min(dims[2:]) * 8 > size}
-    return [node.name for node in model.graph.node if fine & set(node.output)]
-
-
 CACHE_FORMAT = 2  # bump when what the calibrator records changes
 DEFAULT_CACHE_DIR = Path(os.environ.get("AKD_CACHE_DIR", Path.home() / ".cache" / "akd" / "calibration"))
 SHIPPED_RANGES = "assets/efficientnet_lite0_surrogate.int8-ranges.json"  # inside the akd package

@@ -8,7 +8,6 @@ pinned, one image at a time (batch 1), the way an interactive user would call ea
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import time
@@ -21,6 +20,8 @@ import torch
 
 from akd import contract
 from akd.evaluation import metrics
+from akd.evaluation.files import write_report
+from akd.evaluation.html import Gallery
 from akd.evaluation.methods import (
     METHOD_BUILDERS,
     METHODS,
@@ -30,7 +31,7 @@ from akd.evaluation.methods import (
     unavailable_methods,
 )
 from akd.models.teachers import Teacher
-from akd.util import IMAGE_EXTENSIONS, AkdError, atomic_path
+from akd.util import IMAGE_EXTENSIONS, AkdError
 
 GRID_IMAGES = 6
 
@@ -226,6 +227,7 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
         methods = build_methods(options, teacher, stack)
         per_image: dict[str, list[dict[str, Any]]] = {method.name: [] for method in methods}
         grid_maps: dict[str, list[np.ndarray]] = {method.name: [] for method in methods}
+        gallery = Gallery()  # report.html's overlays of every image
         curves: dict[str, dict[str, list[np.ndarray]]] = {m.name: {"insertion": [], "deletion": []} for m in methods}
         executions = {method.name: method.execution for method in methods}
         for method in methods:  # warm-up outside the timed loop (session/graph initialisation)
@@ -238,6 +240,7 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
                     continue
                 saliency, row, method_curves = _score(method, image, teacher, options, mask)
                 per_image[method.name].append(row)
+                gallery.add(image.name, image.pixels, method.name, saliency)
                 for mode, curve in method_curves.items():
                     curves[method.name][mode].append(curve)
                 if index < GRID_IMAGES:
@@ -248,7 +251,7 @@ def evaluate(options: EvalOptions, teacher: Teacher, progress: bool = True) -> d
     report["machine"]["load_average_before"] = load_before
     report["machine"]["execution"] = executions
     report["not_run"] = unavailable_methods(options.methods, teacher)
-    write_report(report, options.out, images[:GRID_IMAGES], grid_maps)
+    write_report(report, markdown(report), options.out, images[:GRID_IMAGES], grid_maps, gallery)
     return report
 
 
@@ -353,48 +356,3 @@ def markdown(report: dict[str, Any]) -> str:
     lines += [f"\nNot run: {name} ({reason})." for name, reason in report.get("not_run", {}).items()]
     lines += ["", "Figures: `curves.png` (mean insertion/deletion curves), `overlays.png` (maps per method).", ""]
     return "\n".join(lines)
-
-
-def write_report(report: dict[str, Any], out: str, grid_images: list[EvalImage],
-                 grid_maps: dict[str, list[np.ndarray]]) -> None:
-    """report.json, report.md, curves.png, overlays.png - each written atomically."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder = Path(out)
-    with atomic_path(folder / "report.json") as tmp:
-        tmp.write_text(json.dumps(report, indent=1))
-    with atomic_path(folder / "report.md") as tmp:
-        tmp.write_text(markdown(report))
-    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
-    for axis, mode in zip(axes, metrics.MODES, strict=True):
-        for name, result in report["results"].items():
-            curve = np.asarray(result["curves"][mode])
-            axis.plot(np.linspace(0, 1, len(curve)), curve, label=f"{name} ({metrics.auc(curve):.3f})")
-        axis.set(title=mode, xlabel="fraction of pixels " + ("inserted" if mode == "insertion" else "deleted"),
-                 ylabel="probability of the predicted class", ylim=(0, 1))
-        axis.legend()
-    figure.tight_layout()
-    with atomic_path(folder / "curves.png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)
-    names = [name for name, maps in grid_maps.items() if maps]
-    rows = len(grid_images)
-    figure, axes = plt.subplots(rows, len(names) + 1, figsize=(2.2 * (len(names) + 1), 2.2 * rows), squeeze=False)
-    for row, image in enumerate(grid_images):
-        axes[row, 0].imshow(image.pixels)
-        axes[row, 0].set_title(image.name[:24], fontsize=7)
-        for column, name in enumerate(names, start=1):
-            axes[row, column].imshow(image.pixels)
-            if row < len(grid_maps[name]):
-                axes[row, column].imshow(grid_maps[name][row], cmap="jet", alpha=0.5, vmin=0, vmax=1)
-            if row == 0:
-                axes[row, column].set_title(name, fontsize=8)
-    for axis in axes.flat:
-        axis.axis("off")
-    figure.tight_layout()
-    with atomic_path(folder / "overlays.png") as tmp:
-        figure.savefig(tmp, format="png", dpi=100)
-    plt.close(figure)

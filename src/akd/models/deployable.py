@@ -19,7 +19,6 @@ class DeployableSurrogate(nn.Module):
         if input_format not in INPUT_FORMATS:
             raise AkdError(f"--input-format must be one of {', '.join(INPUT_FORMATS)}, not '{input_format}'")
         preprocessing = surrogate.config["preprocessing"]
-        surrogate.explainer.drop_dead_decoder()  # deployed: an exact shortcut, never taken while training
         self.surrogate, self.target, self.input_format = surrogate, target, input_format
         scale, offset = contract.normalisation(preprocessing["mean"], preprocessing["std"])
         self.register_buffer("scale", torch.from_numpy(scale))

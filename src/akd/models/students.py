@@ -161,7 +161,7 @@ class Student(nn.Module):
         classifier = self._classifier[0]
         if not (self.has_linear_head and (features is None or features.shape[1] == classifier.in_features)):
             raise AkdError("this student does not end in global average pooling followed by a linear classifier, "
-                           "so it has no class activation map (set explainer_cam: false)")
+                           "so it has no class activation map (use the decoder explainer head without explainer_cam)")
         return classifier
 
     def class_activation_map(self, features: torch.Tensor, class_weights: torch.Tensor) -> torch.Tensor:

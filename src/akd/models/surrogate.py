@@ -11,8 +11,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from akd.contract import layercam_weights
-from akd.models.explainer import Explainer
+from akd.models.explainer import build_head, calibrated_from_decoder
 from akd.models.students import Student, build_student
 from akd.util import AkdError, atomic_path
 
@@ -31,22 +30,21 @@ class Surrogate(nn.Module):
         self.config = config
         self.student: Student = (student if student is not None
                                  else build_student(config["student"], len(config["classes"]), init_state))
-        self.explainer = Explainer(self.student.tap_channels, config.get("explainer_width", 128),
-                                   config.get("explainer_cam", False), layercam_weights(config))
+        self.explainer = build_head(config, self.student.tap_channels)
 
     def forward(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Without grad mode (inference) the outputs carry no graph, even when the map differentiates inside."""
         keep_graph = torch.is_grad_enabled()
         taps = self.explainer.layercam_taps
         # no pool + linear head (a converted graph): CAM is Grad-CAM of the contrastive score, from the same backward
-        gradient_cam = self.explainer.cam and not self.student.has_linear_head
+        gradient_cam = self.explainer.reads_cam and not self.student.has_linear_head
         needed = [*taps, LAST_TAP] if gradient_cam else taps
         with torch.enable_grad() if needed else contextlib.nullcontext():
             (logits, deltas, features), tapped = self.student.with_gradient_taps(images, needed)
             # a Reshape to a constant 4-D shape, not an Unsqueeze of two axes: OpenCV's importer runs only the former
             classes = len(self.config["classes"])
             weights = (cam_class_weights(logits.reshape(-1, classes, 1, 1), self.config.get("cam_score", "logit"))
-                       if self.explainer.cam and not gradient_cam else None)
+                       if self.explainer.reads_cam and not gradient_cam else None)
             contrast = cam_class_weights(logits, "log_probability") if needed else None
             if gradient_cam:
                 *layercams, cam = layercam_maps(logits, tapped, contrast, keep_graph, grad_cam_last=True)
@@ -62,7 +60,7 @@ class Surrogate(nn.Module):
                 size: tuple[int, int], layercams: list[torch.Tensor] | None = None) -> torch.Tensor:
         """The saliency map of the class(es) weighted by ``class_weights`` (N, classes, 1, 1) from the student's
         outputs (CAM only when the explainer reads it; ``layercams`` when its config weights them)."""
-        cam = self.student.class_activation_map(features, class_weights) if self.explainer.cam else None
+        cam = self.student.class_activation_map(features, class_weights) if self.explainer.reads_cam else None
         return self.explainer(deltas, size, cam, layercams)
 
 
@@ -185,8 +183,9 @@ def load_surrogate(path: str | os.PathLike) -> Surrogate:
     """Rebuild the surrogate from the checkpoint's own config and load its weights (strictly)."""
     tensors, metadata = read_checkpoint(path)
     config = json.loads(metadata["config"])
-    model = Surrogate(config)
     weights = {k: v for k, v in tensors.items() if not k.startswith(TRAIN_STATE_PREFIX)}
+    weights = calibrated_from_decoder(config, weights)
+    model = Surrogate(config)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -25,9 +25,9 @@ from akd.util import AkdError
 
 STRIDES = (8, 16, 32)
 SHIPPED_SURROGATE = "efficientnet_lite0_surrogate.safetensors"
-CALIBRATION_TENSORS = ("explainer.cam_gain", "explainer.head.bias")
-UNUSED_DECODER_WIDTH = 16  # the explainer's decoder is skipped at export (zero head weights): keep it small
-MAP_RECIPE = {"explainer_cam": True, "cam_score": "log_probability", "layercam_weight": 0.5, "layercam8_weight": 0.5}
+CALIBRATION_TENSORS = ("explainer.gain", "explainer.bias")
+MAP_RECIPE = {"explainer_head": "calibrated-cam", "cam_score": "log_probability", "layercam_weight": 0.5,
+              "layercam8_weight": 0.5}
 
 
 class PlainTap(nn.Module):
@@ -127,16 +127,14 @@ def target_surrogate(teacher: Teacher) -> Surrogate:
     student, taps = target_student(teacher)
     classes = teacher.class_names or [f"class_{index}" for index in range(teacher.num_classes)]
     size = teacher.preprocessing.input_size
-    config = {"student": "target", "student_init": "target", "explainer_width": UNUSED_DECODER_WIDTH, **MAP_RECIPE,
+    config = {"student": "target", "student_init": "target", **MAP_RECIPE,
               "classes": classes, "input_size": [size, size], "preprocessing": teacher.preprocessing.to_config(),
               "target": teacher.identity, "taps": {str(stride): name for stride, name in taps.items()},
               "cam": "exact" if student.has_linear_head else "grad-cam", "calibration": "shipped surrogate"}
     surrogate = Surrogate(config, student=student)
     with torch.no_grad():
-        surrogate.explainer.head.weight.zero_()
         for name, value in shipped_calibration().items():
             surrogate.get_parameter(name).copy_(value)
     for parameter in surrogate.parameters():
         parameter.requires_grad_(False)
-    surrogate.explainer.drop_dead_decoder()
     return surrogate.eval()

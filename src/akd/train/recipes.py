@@ -10,6 +10,7 @@ from typing import Any
 
 import yaml
 
+from akd.models.explainer import EXPLANATION_HEADS
 from akd.models.surrogate import CAM_SCORES
 from akd.util import AkdError
 
@@ -25,7 +26,8 @@ REQUIRED = ("alpha", "temperature", "sparsity", "rank_prior", "rank_prior_power"
 DEFAULT_RECIPE = "paper-imagenet"
 # optional keys: the paper's objective unless a recipe asks for more (see akd.train.losses)
 DEFAULTS: dict[str, Any] = {"explanation": 1.0, "insertion": 0.0, "deletion": 0.0, "topk_areas": [0.05, 0.1, 0.2, 0.4],
-                            "topk_samples": 2, "topk_temperature": 0.05, "explainer_cam": False,
+                            "topk_samples": 2, "topk_temperature": 0.05, "explainer_head": "decoder",
+                            "explainer_cam": False,
                             "cam_score": "logit", "explainer_params": "all", "layercam_weight": 0.0,
                             "layercam8_weight": 0.0, "mixup_alpha": 0.0, "cutmix_alpha": 0.0, "mix_prob": 1.0}
 
@@ -68,15 +70,19 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
         raise AkdError(f"{source}: topk_temperature must be positive")
     if recipe["cam_score"] not in CAM_SCORES:
         raise AkdError(f"{source}: cam_score must be one of {', '.join(CAM_SCORES)}, not '{recipe['cam_score']}'")
+    if recipe["explainer_head"] not in EXPLANATION_HEADS:
+        raise AkdError(f"{source}: explainer_head must be one of {', '.join(EXPLANATION_HEADS)}, "
+                       f"not '{recipe['explainer_head']}'")
+    reads_cam = recipe["explainer_cam"] or EXPLANATION_HEADS[recipe["explainer_head"]].reads_cam
     if recipe["explainer_params"] not in ("all", "calibration"):
         raise AkdError(f"{source}: explainer_params must be 'all' or 'calibration', not '{recipe['explainer_params']}'")
-    if recipe["explainer_params"] == "calibration" and not recipe["explainer_cam"]:
+    if recipe["explainer_params"] == "calibration" and not reads_cam:
         raise AkdError(f"{source}: explainer_params 'calibration' trains the CAM gain and bias: it needs explainer_cam")
     for key in ("layercam_weight", "layercam8_weight", "mixup_alpha", "cutmix_alpha", "mix_prob"):
         if not (isinstance(recipe[key], (int, float)) and not isinstance(recipe[key], bool) and recipe[key] >= 0):
             raise AkdError(f"{source}: {key} must be a number >= 0")
     for key in ("layercam_weight", "layercam8_weight"):
-        if recipe[key] and not recipe["explainer_cam"]:
+        if recipe[key] and not reads_cam:
             raise AkdError(f"{source}: {key} adds LayerCAM to the class activation map: it needs explainer_cam")
     if recipe["mix_prob"] > 1:
         raise AkdError(f"{source}: mix_prob is a probability: at most 1")
@@ -91,6 +97,13 @@ def validate_recipe(recipe: Any, source: str) -> dict[str, Any]:
             if key not in spec:
                 raise AkdError(f"{source}: stage '{stage}' needs '{key}'")
     return recipe
+
+
+def head_config(recipe: dict[str, Any]) -> dict[str, Any]:
+    """The surrogate config's explanation-head entries for a recipe (the decoder's width only where it has one)."""
+    head = recipe["explainer_head"]
+    decoder = {"explainer_width": 128, "explainer_cam": bool(recipe["explainer_cam"])} if head == "decoder" else {}
+    return {"explainer_head": head, **decoder}
 
 
 def apply_overrides(recipe: dict[str, Any], overrides: list[str], epochs: int | None = None,

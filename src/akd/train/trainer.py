@@ -29,7 +29,7 @@ from akd.models.surrogate import (
 from akd.models.teachers import Teacher, load_teacher, teacher_init_state
 from akd.train.distributed import all_reduce_sum, barrier, init_distributed, shard_indices
 from akd.train.head import fit_head
-from akd.train.recipes import STAGES, learning_rate
+from akd.train.recipes import STAGES, head_config, learning_rate
 from akd.train.step import LOSS_TERMS, DistillationStep, param_groups, set_trainable
 from akd.util import AkdError
 
@@ -121,8 +121,7 @@ class Trainer:
         config = {
             "student": arch,
             "student_init": init,
-            "explainer_width": 128,
-            "explainer_cam": bool(options.recipe["explainer_cam"]),
+            **head_config(options.recipe),
             "cam_score": options.recipe["cam_score"],
             "layercam_weight": float(options.recipe["layercam_weight"]),
             "layercam8_weight": float(options.recipe["layercam8_weight"]),
