@@ -11,7 +11,7 @@ fi
 [[ -x .venv/bin/python ]] || "$PYTHON" -m venv .venv
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet "torch==2.14.1" "torchvision==0.29.1"
-.venv/bin/python -m pip install --quiet -e ".[train,students,eval,serve,video,cpu,dev]"
+.venv/bin/python -m pip install --quiet -e ".[train,students,eval,serve,live,video,cpu,dev]"
 # Type stubs to check the TensorRT backend without TensorRT; --no-deps, since the stubs pull the real wheel,
 # which only installs from NVIDIA's index.
 .venv/bin/python -m pip install --quiet --no-deps "tensorrt-stubs==10.13.0.35.1"

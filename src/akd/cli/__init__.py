@@ -19,6 +19,7 @@ from akd.cli.arguments import (
     add_explain_arguments,
     add_export_arguments,
     add_profile_arguments,
+    add_serve_arguments,
     add_train_arguments,
 )
 from akd.util import AkdError, check_writable, separate_python_stderr
@@ -111,6 +112,31 @@ def run_calibrate(args: argparse.Namespace) -> int:
     return 0
 
 
+def run_serve(args: argparse.Namespace) -> int:
+    try:
+        import uvicorn
+    except ImportError:
+        raise AkdError("akd-serve needs Starlette and uvicorn: pip install 'akd[live]'") from None
+    from akd.runtime.live import LivePipeline, create_app
+
+    if not 0.0 <= args.opacity <= 1.0:
+        raise AkdError(f"--opacity must be in [0, 1], not {args.opacity}")
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(f"{args.prog}: warning: binding {args.host}: anyone who can reach port {args.port} sees the stream",
+              file=sys.stderr)
+    with _open_engine(args) as engine:
+        from akd.runtime.video import open_source
+
+        open_source(args.source).frames.close()  # a source that cannot open fails here, in one line
+        pipeline = LivePipeline(engine, args.source, args.opacity).start()
+        print(f"{args.prog}: http://{args.host}:{args.port}/ ({args.source})", file=sys.stderr)
+        try:
+            uvicorn.run(create_app(pipeline, args.max_viewers), host=args.host, port=args.port, log_level="warning")
+        finally:
+            pipeline.stop()
+    return 0
+
+
 def _open_engine(args: argparse.Namespace):
     from akd.runtime import SaliencyEngine
 
@@ -170,6 +196,8 @@ COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None], Callab
     "profile": ("fps, latency percentiles and per-stage times of a model", add_profile_arguments, run_profile),
     "evaluate": ("insertion/deletion, intensity and speed of akd against Grad-CAM, RISE and LIME",
                  add_evaluate_arguments, run_evaluate),
+    "serve": ("live saliency of a video, camera, stream or image folder in the browser", add_serve_arguments,
+              run_serve),
 }
 
 
@@ -219,5 +247,5 @@ def _entry(command: str) -> Callable[[list[str] | None], int]:
     return entry
 
 
-train_main, export_main, calibrate_main, explain_main, profile_main, evaluate_main = (
-    _entry(command) for command in ("train", "export", "calibrate", "explain", "profile", "evaluate"))
+train_main, export_main, calibrate_main, explain_main, profile_main, evaluate_main, serve_main = (
+    _entry(command) for command in ("train", "export", "calibrate", "explain", "profile", "evaluate", "serve"))

@@ -201,6 +201,19 @@ def add_explain_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_arguments(parser)
 
 
+def add_serve_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", metavar="SOURCE",
+                        help="a video file, a folder of images (played in a loop), a camera index or an RTSP/HTTP URL")
+    parser.add_argument("--model", help=".onnx, .engine, .safetensors or grpc://HOST:PORT/MODEL (default: the "
+                                        "shipped surrogate)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="address to bind (default 127.0.0.1; any other lets whoever reaches it see the stream)")
+    parser.add_argument("--port", type=positive_int, default=8000)
+    parser.add_argument("--max-viewers", type=positive_int, default=8, help="concurrent streams (default 8)")
+    parser.add_argument("--opacity", type=float, default=0.45, help="initial overlay opacity in [0, 1]")
+    add_engine_arguments(parser)
+
+
 def shard(text: str) -> tuple[int, int]:
     index, sep, count = text.partition("/")
     if not sep or not index.isdigit() or not count.isdigit() or not int(index) < int(count):

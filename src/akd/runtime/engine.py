@@ -18,7 +18,7 @@ import cv2
 import numpy as np
 
 from akd import contract
-from akd.contract import CLASS_ID, SALIENCY, SCORE
+from akd.contract import CLASS_ID, LOGITS, SALIENCY, SCORE
 from akd.runtime.backends import Inference, ModelInfo, Runner, open_runner
 from akd.runtime.geometry import FITS, Placement, place, to_frame, to_model
 from akd.util import AkdError
@@ -33,6 +33,7 @@ class Result:
     saliency_model: np.ndarray | None = None  # (h, w) at model resolution, when asked for
     placement: Placement | None = field(default=None, repr=False)
     stage_ms: dict[str, float] = field(default_factory=dict, repr=False)  # its batch's stage times
+    top: list[tuple[int, str, float]] = field(default_factory=list, repr=False)  # (class, label, probability)
 
 
 def default_model() -> str:
@@ -113,8 +114,16 @@ class SaliencyEngine:
             class_id = int(class_ids[index])
             label = self.classes[class_id] if 0 <= class_id < len(self.classes) else str(class_id)
             results.append(Result(to_frame(saliency, placement), class_id, label, float(scores[index]),
-                                  saliency.copy() if model_resolution else None, placement))
+                                  saliency.copy() if model_resolution else None, placement,
+                                  top=self._top(outputs[LOGITS][index])))
         return results
+
+    def _top(self, logits: np.ndarray, count: int = 5) -> list[tuple[int, str, float]]:
+        """The ``count`` most probable classes of the surrogate's logits (the deciding class is ``class_id``)."""
+        shifted = np.exp(logits.astype(np.float64) - logits.max())
+        probabilities = shifted / shifted.sum()
+        best = np.argsort(-probabilities)[:count]
+        return [(int(c), self.classes[c] if c < len(self.classes) else str(c), float(probabilities[c])) for c in best]
 
     def explain(self, frames: np.ndarray | Sequence[np.ndarray], model_resolution: bool = False
                 ) -> Result | list[Result]:
