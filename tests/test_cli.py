@@ -168,3 +168,13 @@ def test_cli_choices_come_from_the_tables():
     assert export["int8_target"] == list(FLAVOURS) and export["calibration_method"] == list(METHODS)
     engine = choices(add_engine_arguments)
     assert engine["backend"] == list(BACKENDS) and engine["fit"] == list(FITS)
+
+
+def test_serve_refuses_bad_input_in_one_line(tmp_path, capsys):
+    from akd.cli import serve_main
+
+    assert serve_main([str(tmp_path / "missing.mp4")]) == 2
+    err = capsys.readouterr().err
+    assert "missing.mp4: no such file, folder, camera or stream" in err and len(err.strip().splitlines()) == 1
+    assert serve_main(["examples/bottles.mp4", "--opacity", "1.5"]) == 2
+    assert "--opacity must be in [0, 1]" in capsys.readouterr().err

@@ -124,10 +124,10 @@ def run_serve(args: argparse.Namespace) -> int:
     if args.host not in ("127.0.0.1", "localhost", "::1"):
         print(f"{args.prog}: warning: binding {args.host}: anyone who can reach port {args.port} sees the stream",
               file=sys.stderr)
-    with _open_engine(args) as engine:
-        from akd.runtime.video import open_source
+    from akd.runtime.video import open_source
 
-        open_source(args.source).frames.close()  # a source that cannot open fails here, in one line
+    open_source(args.source).frames.close()  # a source that cannot open fails here, in one line, before the model
+    with _open_engine(args) as engine:
         pipeline = LivePipeline(engine, args.source, args.opacity).start()
         print(f"{args.prog}: http://{args.host}:{args.port}/ ({args.source})", file=sys.stderr)
         try:
