@@ -15,6 +15,9 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
+# per-sample augmentation seeds: primes, so (seed, epoch, index) triples never collide in practice
+SEED_PRIME, EPOCH_PRIME = 1_000_003, 10_007
+
 @dataclass
 class Preprocessing:
     """How the target wants its input: RGB, resize the short side to size/crop_pct, centre-crop, normalise."""
@@ -51,7 +54,7 @@ class SampleDataset(torch.utils.data.Dataset):
         if image is None:
             return None
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed((self.seed * 1_000_003 + self.epoch * 10_007 + index) % (2**63))
+            torch.manual_seed((self.seed * SEED_PRIME + self.epoch * EPOCH_PRIME + index) % (2**63))
             tensor = self.transform(image)
         return tensor, self.samples[index].label
 

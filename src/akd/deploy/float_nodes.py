@@ -25,7 +25,9 @@ def float_nodes(fp32_path: str) -> list[str]:
     model = onnx.load(fp32_path, load_external_data=False)
     graph = model.graph
     producers = {output: node for node in graph.node for output in node.output}
-    needed, pending = set(), [contract.LOGITS]
+    outputs = [output.name for output in graph.output]
+    # a graph without the contract's logits is not a fused akd graph: what its outputs compute is quantized
+    needed, pending = set(), [contract.LOGITS] if contract.LOGITS in outputs else outputs
     while pending:
         node = producers.get(pending.pop())
         if node is not None and node.name not in needed:

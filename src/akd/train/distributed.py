@@ -20,6 +20,9 @@ class Distributed:
         return self.rank == 0
 
 
+EPOCH_SEED_STRIDE = 7919  # a prime: runs of different seeds share no shuffle below epoch 7919
+
+
 def init_distributed(device: torch.device) -> Distributed:
     """Join the process group torchrun set up (gloo on CPU, nccl on GPU); a single process otherwise."""
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
@@ -52,7 +55,8 @@ def shard_indices(length: int, epoch: int, seed: int, rank: int, world: int, shu
     """This rank's indices for an epoch: a (seed, epoch)-seeded permutation, padded to a multiple of the world
     size by wrapping, then strided by rank, like torch's DistributedSampler."""
     if shuffle:
-        order = torch.randperm(length, generator=torch.Generator().manual_seed(seed * 7919 + epoch)).tolist()
+        generator = torch.Generator().manual_seed(seed * EPOCH_SEED_STRIDE + epoch)
+        order = torch.randperm(length, generator=generator).tolist()
     else:
         order = list(range(length))
     padded = order + order[: (-len(order)) % world]
