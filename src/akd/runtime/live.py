@@ -99,7 +99,7 @@ class LivePipeline:
                 raise AkdError(f"{self.source}: a frame could not be encoded as JPEG")
             smoothed = fps if not self.latest.fps else 0.9 * self.latest.fps + 0.1 * fps
             self._publish(sequence=self.latest.sequence + 1, jpeg=jpeg.tobytes(), label=result.label,
-                          top=[{"class_id": c, "label": label, "score": round(s, 4)} for c, label, s in result.top],
+                          top=[{"id": c, "label": label, "probability": round(p, 4)} for c, label, p in result.top],
                           stage_ms={k: round(v, 2) for k, v in result.stage_ms.items()}, fps=round(smoothed, 2),
                           state="paused" if not self.running.is_set() else "running")
 
@@ -115,6 +115,20 @@ def status(pipeline: LivePipeline, viewers: int) -> dict[str, Any]:
     return {"state": state.state, "message": state.message, "frames": state.sequence, "fps": state.fps,
             "top": state.top, "label": state.label, "stage_ms": state.stage_ms, "opacity": pipeline.opacity,
             "model_calls": pipeline.model_calls, "viewers": viewers, "source": pipeline.source}
+
+
+def apply_control(pipeline: LivePipeline, body: bytes) -> None:
+    """A control request's JSON object: ``opacity`` in [0, 1] and/or ``paused``."""
+    changes = json.loads(body or b"{}")
+    if not isinstance(changes, dict):
+        raise ValueError("not an object")
+    if "opacity" in changes:
+        opacity = float(changes["opacity"])
+        if not 0.0 <= opacity <= 1.0:
+            raise ValueError("opacity must be in [0, 1]")
+        pipeline.opacity = opacity
+    if "paused" in changes:
+        pipeline.set_paused(bool(changes["paused"]))
 
 
 def create_app(pipeline: LivePipeline, max_viewers: int = MAX_VIEWERS):
@@ -162,16 +176,7 @@ def create_app(pipeline: LivePipeline, max_viewers: int = MAX_VIEWERS):
         if len(body) > MAX_REQUEST_BYTES:
             return JSONResponse({"error": "request too large"}, status_code=413)
         try:
-            changes = json.loads(body or b"{}")
-            if not isinstance(changes, dict):
-                raise ValueError("not an object")
-            if "opacity" in changes:
-                opacity = float(changes["opacity"])
-                if not 0.0 <= opacity <= 1.0:
-                    raise ValueError("opacity must be in [0, 1]")
-                pipeline.opacity = opacity
-            if "paused" in changes:
-                pipeline.set_paused(bool(changes["paused"]))
+            apply_control(pipeline, body)
         except (ValueError, TypeError) as exc:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(status(pipeline, viewers["count"]))
