@@ -28,9 +28,10 @@ LIMITS: dict[str, list[tuple[str, str, float]]] = {
              ("class_agreement_decided", ">=", 0.99), ("decided_share_real", ">=", 0.5)],
     "int8": [("saliency_pearson", ">=", 0.98), ("class_agreement", ">=", 0.97)],
     # a map with LayerCAM reads a gradient, and an activation within float rounding of a ReLU6 bound switches its
-    # gradient on or off: the graph (batch norm folded, convolutions reordered) and torch then differ on a few
-    # pixels of a few images and agree to float rounding on the rest; the maps' order is what must not move
-    "fp32-gradient": [("saliency_max_abs", "<=", 2e-2), ("saliency_pearson", ">=", 0.9999),
+    # gradient on or off: the graph (batch norm folded, convolutions reordered) and torch then differ on one
+    # stride-8 cell or two of a few images (a few hundred pixels) and agree to float rounding on the rest; the
+    # maps' order is what must not move (Pearson, top-20% IoU), the bound on one pixel only catches a broken graph
+    "fp32-gradient": [("saliency_max_abs", "<=", 5e-2), ("saliency_pearson", ">=", 0.9999),
                       ("top20_iou", ">=", 0.99), ("class_agreement", ">=", 1.0)],
     # the explanation of a quantized ONNX target (fake-quantized activations, akd.models.onnx_torch): a float
     # difference moves an activation across a quantization level, which moves the next layer's, and onnxruntime's
