@@ -155,3 +155,19 @@ def shipped_onnx_forward_only(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("shipped") / "lite0-forward.onnx"
     export(ExportOptions(default_model(), str(out), layercam=False, verify=False))
     return out
+
+
+def tiny_eval_target(checkpoint: Path):
+    """A small conv classifier as akd-evaluate's target, with the tiny surrogate's preprocessing (seeded)."""
+    import json
+
+    from akd.data.preprocessing import Preprocessing
+    from akd.models.surrogate import read_checkpoint
+    from akd.models.teachers import _module_teacher
+
+    _, header = read_checkpoint(checkpoint)
+    pre = json.loads(header["config"])["preprocessing"]
+    torch.manual_seed(0)
+    target = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                           nn.Linear(8, 10))
+    return _module_teacher(target, Preprocessing(64, tuple(pre["mean"]), tuple(pre["std"])), {"name": "tiny"})

@@ -5,7 +5,6 @@ Under CI=true a missing browser fails; elsewhere these tests skip with the reaso
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import shutil
 import threading
@@ -13,11 +12,6 @@ import time
 from pathlib import Path
 
 import pytest
-import torch
-from torch import nn
-
-from akd.data.preprocessing import Preprocessing
-from akd.models.teachers import _module_teacher
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 
@@ -44,14 +38,10 @@ def browser():
 
 def test_report_html_opens_with_every_image_loaded_and_sorts(browser, tiny_checkpoint, flat_folder, tmp_path):
     from akd.evaluation.report import EvalOptions, evaluate
-    from akd.models.surrogate import read_checkpoint
 
-    _, header = read_checkpoint(tiny_checkpoint)
-    pre = json.loads(header["config"])["preprocessing"]
-    torch.manual_seed(0)
-    target = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                           nn.Linear(8, 10))
-    teacher = _module_teacher(target, Preprocessing(64, tuple(pre["mean"]), tuple(pre["std"])), {"name": "tiny"})
+    from conftest import tiny_eval_target
+
+    teacher = tiny_eval_target(tiny_checkpoint)
     options = EvalOptions(models=[str(tiny_checkpoint)], data=str(flat_folder), out=str(tmp_path / "report"),
                           methods=("akd", "rise"), limit=5, rise_masks=30)
     report = evaluate(options, teacher, progress=False)

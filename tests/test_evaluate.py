@@ -238,14 +238,10 @@ def test_evaluate_writes_a_complete_report(tiny_checkpoint, flat_folder, tmp_pat
     pytest.importorskip("pytorch_grad_cam")
     pytest.importorskip("lime")
     from akd.evaluation.report import EvalOptions, evaluate, markdown
-    from akd.models.surrogate import read_checkpoint
 
-    _, header = read_checkpoint(tiny_checkpoint)
-    pre = json.loads(header["config"])["preprocessing"]
-    torch.manual_seed(0)
-    target = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                           nn.Linear(8, 10))
-    teacher = _module_teacher(target, Preprocessing(64, tuple(pre["mean"]), tuple(pre["std"])), {"name": "tiny"})
+    from conftest import tiny_eval_target
+
+    teacher = tiny_eval_target(tiny_checkpoint)
     options = EvalOptions(models=[str(tiny_checkpoint)], data=str(flat_folder), out=str(tmp_path / "report"),
                           limit=3, subsets={"rise": 2, "lime": 2}, rise_masks=50, lime_samples=20)
     report = evaluate(options, teacher, progress=False)
